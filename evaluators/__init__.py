@@ -1,0 +1,13 @@
+"""Everything that touches a model: loading, text, statistics, masks, pruning, perplexity, pruners."""
+from .apply import Calibration, PruneReport, ScoreError, prune_model
+from .checkpoint import save_pruned, versions, write_json_atomic
+from .data import (DataError, TextSpec, calibration_windows, evaluation_windows, fitness_windows,
+                   load_rows, tokenize_stream)
+from .masks import MaskError, Structure, make_mask, nm_mask, parse_structure, unstructured_mask
+from .models import (ModelError, block_linears, decoder_blocks, load_model, model_fingerprint,
+                     prunable_linears)
+from .perplexity import PerplexityResult, perplexity, window_nlls
+from .pruners import BASELINES, GBLM, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda, get_pruner
+from .stats import compute_statistics
+
+__all__ = [name for name in dir() if not name.startswith("_")]

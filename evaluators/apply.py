@@ -1,0 +1,122 @@
+"""Applying a pruner's scores to every prunable Linear, one-shot or sequentially.
+
+* **one-shot**: statistics come from the dense model (cached), every layer is scored and masked at once.
+* **sequential** (Wanda's protocol): blocks are pruned in order; each block's ``X`` is measured on the
+  inputs produced by the already-pruned blocks before it, and the pruned block's outputs feed the next.
+  ``G`` always comes from the dense model (as in GBLM-Pruner), since a backward per block is not local.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .masks import Structure, check_sparsity, make_mask
+from .models import block_linears, decoder_blocks, prunable_linears
+from .stats import BlockInputs, activation_norm_hooks, compute_statistics, norms_from_sums
+
+
+class ScoreError(ValueError):
+    """A score function produced non-finite values or the wrong shape."""
+
+
+@dataclass
+class Calibration:
+    """Token windows for statistics, and the description saved with every result."""
+
+    windows: torch.Tensor
+    spec: dict
+    use_cache: bool = True
+
+
+@dataclass
+class PruneReport:
+    method: str
+    sparsity: float
+    structure: str
+    sequential: bool
+    layer_sparsity: dict[str, float]
+    overall_sparsity: float
+    statistics: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def checked_scores(pruner, weight: torch.Tensor, stats: dict, name: str) -> torch.Tensor:
+    scores = pruner.score(weight.float(), stats)
+    try:  # a score built from X alone is (1, in): every row ranks the same way
+        scores = torch.broadcast_to(scores, weight.shape)
+    except RuntimeError:
+        raise ScoreError(f"{pruner.name}: scores of shape {tuple(scores.shape)} for {name} "
+                         f"of shape {tuple(weight.shape)}") from None
+    if not torch.isfinite(scores).all():
+        raise ScoreError(f"{pruner.name}: non-finite scores for {name}")
+    return scores
+
+
+@torch.no_grad()
+def _mask_layer(pruner, name, linear, stats, sparsity, structure) -> float:
+    weight = linear.weight.data
+    mask = make_mask(checked_scores(pruner, weight, stats, name), sparsity, structure)
+    weight[mask] = 0
+    return (weight == 0).float().mean().item()
+
+
+def _block_prefix(model) -> str:
+    blocks = decoder_blocks(model)
+    return next(name for name, m in model.named_modules() if m is blocks)
+
+
+def prune_model(model, pruner, calibration: Calibration | None, sparsity: float, structure: Structure,
+                sequential: bool = False, progress: bool = True) -> PruneReport:
+    """Zero the lowest-scoring weights of every prunable Linear in place and report what was done."""
+    sparsity = structure.sparsity if not structure.unstructured else check_sparsity(sparsity)
+    needs = tuple(pruner.needs)
+    if needs and calibration is None:
+        raise ValueError(f"{pruner.name} needs calibration statistics {needs}")
+    t0 = time.perf_counter()
+    stat_needs = tuple(k for k in needs if not (sequential and k == "X"))
+    stats, info = ({}, {})
+    if stat_needs:
+        stats, info = compute_statistics(model, calibration.windows, calibration.spec, stat_needs,
+                                         getattr(pruner, "grad_norm", "l2"), calibration.use_cache, progress)
+    t_stats = time.perf_counter() - t0
+    blocks, prefix = decoder_blocks(model), _block_prefix(model)
+    layer_sparsity: dict[str, float] = {}
+    t_score = 0.0
+    inputs = BlockInputs(model, calibration.windows) if sequential and calibration is not None else None
+    for i, block in enumerate(tqdm(blocks, desc=f"pruning ({pruner.name})", disable=not progress)):
+        linears = block_linears(block)
+        if inputs is not None:
+            s0 = time.perf_counter()
+            with activation_norm_hooks(linears) as sums:
+                inputs.forward(block, keep=False)
+            x_now = norms_from_sums(sums, len(calibration.windows))
+            t_stats += time.perf_counter() - s0
+        s1 = time.perf_counter()
+        for local, linear in linears.items():
+            name = f"{prefix}.{i}.{local}"
+            layer_stats = dict(stats.get(name, {}))
+            if inputs is not None and "X" in needs:
+                layer_stats["X"] = x_now[local]
+            layer_sparsity[name] = _mask_layer(pruner, name, linear, layer_stats, sparsity, structure)
+        t_score += time.perf_counter() - s1
+        if inputs is not None:
+            s2 = time.perf_counter()
+            inputs.forward(block)
+            t_stats += time.perf_counter() - s2
+    sizes = {name: linear.weight.numel() for name, linear in prunable_linears(model).items()}
+    zeros = sum(layer_sparsity[name] * size for name, size in sizes.items())
+    if sequential:
+        info = {**info, "X": "sequential (pruned-model inputs)"}
+    return PruneReport(
+        method=pruner.name, sparsity=sparsity, structure=str(structure), sequential=sequential,
+        layer_sparsity=layer_sparsity, overall_sparsity=zeros / sum(sizes.values()),
+        statistics={**info, "needs": list(needs)},
+        seconds={"statistics": t_stats, "scoring_and_masking": t_score},
+    )
+

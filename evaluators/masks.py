@@ -1,0 +1,83 @@
+"""Pruning masks from scores. ``True`` marks a weight to zero.
+
+Both masks zero the lowest scores within a comparison group — a row (Wanda's per-output grouping) or
+a group of M consecutive inputs of a row (N:M). Ties are broken deterministically by a stable sort:
+among equal scores, the lower input index is pruned first. NaN scores sort as the largest value
+(``torch.sort`` puts them last), but callers should reject non-finite scores before masking.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+class MaskError(ValueError):
+    """An impossible sparsity or structure; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """``n`` of every ``m`` consecutive inputs are pruned; ``None`` fields mean unstructured."""
+
+    n: int | None = None
+    m: int | None = None
+
+    @property
+    def unstructured(self) -> bool:
+        return self.n is None
+
+    def __str__(self) -> str:
+        return "unstructured" if self.unstructured else f"{self.n}:{self.m}"
+
+    @property
+    def sparsity(self) -> float | None:
+        return None if self.unstructured else self.n / self.m
+
+
+def parse_structure(text: str | None) -> Structure:
+    """``None``/``"unstructured"`` → unstructured; ``"2:4"`` → prune 2 of every 4 (N < M)."""
+    if text is None or text == "unstructured":
+        return Structure()
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+    if not match:
+        raise MaskError(f"malformed structure {text!r}: expected N:M such as 2:4")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        raise MaskError(f"structure {text!r} must satisfy 0 < N < M (N pruned of every M)")
+    return Structure(n, m)
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
+        raise MaskError(f"sparsity must be strictly between 0 and 1, got {sparsity!r}")
+    return float(sparsity)
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` lowest entries along the last dim (stable ties)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
+        mask.scatter_(-1, order, True)
+    return mask
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row."""
+    return _lowest(scores, int(scores.shape[-1] * check_sparsity(sparsity)))
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Zero the ``n`` lowest of every ``m`` consecutive inputs of each row."""
+    out, inp = scores.shape
+    if inp % m:
+        raise MaskError(f"input width {inp} is not a multiple of M={m}")
+    return _lowest(scores.reshape(out, inp // m, m), n).reshape(out, inp)
+
+
+def make_mask(scores: torch.Tensor, sparsity: float, structure: Structure) -> torch.Tensor:
+    if structure.unstructured:
+        return unstructured_mask(scores, sparsity)
+    return nm_mask(scores, structure.n, structure.m)

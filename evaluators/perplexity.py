@@ -1,0 +1,55 @@
+"""Perplexity under Wanda's protocol, with the protocol carried in the result.
+
+Protocol: the split's rows joined with ``"\\n\\n"``, one BOS at the start, non-overlapping windows of
+``seqlen`` tokens from the start (the tail shorter than a window dropped), perplexity = exp of the mean
+next-token NLL over every predicted token (``seqlen − 1`` per window, no context carried across windows).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    mean_nll: float
+    tokens: int
+    window_nll: list[float]  # mean NLL of each window, in window order
+    protocol: dict
+
+    def __str__(self) -> str:
+        p = self.protocol
+        return (f"perplexity {self.perplexity:.3f} ({p.get('source')} {p.get('split')}, seqlen {p.get('seqlen')}, "
+                f"{p.get('n_windows')} windows, {self.tokens} predicted tokens)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def window_nlls(model, windows: torch.Tensor, batch_size: int = 4, progress: bool = False) -> torch.Tensor:
+    """Mean next-token NLL of each window (float64, shape ``(n_windows,)``)."""
+    device = next(model.parameters()).device
+    out = []
+    for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                              reduction="none").view(batch.shape[0], -1)
+        out.append(nll.double().mean(1).cpu())
+    return torch.cat(out)
+
+
+def perplexity(model, windows: torch.Tensor, protocol: dict, batch_size: int = 4,
+               progress: bool = True) -> PerplexityResult:
+    """Perplexity of ``model`` on ``windows``; ``protocol`` describes them (see ``data.TextSpec``)."""
+    nll = window_nlls(model, windows, batch_size, progress)
+    mean = nll.mean().item()  # every window predicts the same number of tokens
+    return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean,
+                            tokens=windows.shape[0] * (windows.shape[1] - 1),
+                            window_nll=nll.tolist(), protocol=dict(protocol))

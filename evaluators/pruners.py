@@ -1,0 +1,120 @@
+"""Pruners: a name, the statistics they need, and a score function. Higher score = keep.
+
+Every pruner — the baselines here and a discovered symbolic metric — has the same shape::
+
+    pruner = Wanda()
+    report = pruner.prune(model, calibration, sparsity=0.5, structure=parse_structure("2:4"))
+
+``score(W, stats)`` receives the float32 weight ``(out, in)`` and ``stats`` with the leaves it asked for:
+``X`` of shape ``(1, in)`` and ``G`` of shape ``(out, in)`` (see ``stats.py`` for their scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .apply import Calibration, PruneReport, prune_model
+from .masks import Structure
+
+
+class Pruner:
+    """Base class: subclasses set ``name`` and ``needs`` and implement ``score``."""
+
+    name: str = "pruner"
+    needs: tuple[str, ...] = ()
+    grad_norm: str = "l2"
+
+    def score(self, W: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
+              structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
+        return prune_model(model, self, calibration, sparsity, structure, sequential, progress)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "needs": list(self.needs)}
+
+
+class Magnitude(Pruner):
+    """|W| (Han et al., 2015)."""
+
+    name = "magnitude"
+
+    def score(self, W, stats):
+        return W.abs()
+
+
+class Wanda(Pruner):
+    """|W| · ‖X‖ (Sun et al., 2024)."""
+
+    name = "wanda"
+    needs = ("X",)
+
+    def score(self, W, stats):
+        return W.abs() * stats["X"]
+
+
+@dataclass
+class GBLM(Pruner):
+    """|W| · ‖X‖ + α · |W| · G (Das et al., 2023); ``grad_norm`` is ``l2`` (default) or ``l1``."""
+
+    grad_norm: str = "l2"
+    alpha: float = 1.0
+    name: str = "gblm"
+    needs: tuple[str, ...] = ("X", "G")
+
+    def __post_init__(self):
+        if self.grad_norm not in ("l1", "l2"):
+            raise ValueError(f"grad_norm must be l1 or l2, got {self.grad_norm!r}")
+
+    def score(self, W, stats):
+        return W.abs() * stats["X"] + self.alpha * W.abs() * stats["G"]
+
+    def describe(self):
+        return {**super().describe(), "grad_norm": self.grad_norm, "alpha": self.alpha}
+
+
+def min_max_scale(t: torch.Tensor) -> torch.Tensor:
+    """(t − min) / (max − min) over the whole tensor; a constant tensor maps to zeros."""
+    lo, hi = t.min(), t.max()
+    return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+
+
+class PrunerZero(Pruner):
+    """Pruner-Zero's published metric |W·W| · mms(G) (Dong et al., 2024), mms over the whole matrix."""
+
+    name = "pruner-zero"
+    needs = ("G",)
+
+    def score(self, W, stats):
+        return (W * W).abs() * min_max_scale(stats["G"])
+
+
+@dataclass
+class ScoreFunction(Pruner):
+    """Any score given by code: ``fn(W, stats) -> scores``."""
+
+    fn: Callable[[torch.Tensor, dict], torch.Tensor] = None
+    name: str = "custom"
+    needs: tuple[str, ...] = ()
+    grad_norm: str = "l2"
+
+    def score(self, W, stats):
+        return self.fn(W, stats)
+
+
+BASELINES: dict[str, Callable[..., Pruner]] = {
+    "magnitude": Magnitude,
+    "wanda": Wanda,
+    "gblm": GBLM,
+    "pruner-zero": PrunerZero,
+}
+
+
+def get_pruner(name: str, **options) -> Pruner:
+    """A baseline pruner by its CLI name (``magnitude``, ``wanda``, ``gblm``, ``pruner-zero``)."""
+    if name not in BASELINES:
+        raise KeyError(f"unknown method {name!r}; choose from {', '.join(BASELINES)}")
+    return BASELINES[name](**options)

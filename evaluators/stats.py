@@ -1,0 +1,188 @@
+"""Calibration statistics for every prunable Linear, computed once and cached as safetensors.
+
+Scales (fixed, so that a metric mixing leaves means the same thing on every run):
+
+* ``X`` (shape ``(1, in)``): ``sqrt(Σ_tokens x_j² / n_windows)`` — Wanda's ``scaler_row`` square-rooted:
+  the L2 norm of input channel j over the calibration tokens, divided by ``sqrt(n_windows)`` so it does
+  not grow with the number of calibration windows.
+* ``G`` (shape ``(out, in)``): per-weight gradient norm over calibration windows, one window per backward
+  pass of the causal-LM loss (mean token NLL of that window). ``l2``: ``sqrt(Σ_n g_n²)`` (GBLM-Pruner's
+  default); ``l1``: ``Σ_n |g_n|``. Both are kept; ``G`` is the chosen one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .models import block_linears, cache_dir, decoder_blocks, model_fingerprint, prunable_linears
+
+Statistics = dict[str, dict[str, torch.Tensor]]  # layer name -> {"X": ..., "G": ...}
+
+
+class BlockInputs:
+    """Hidden states entering one decoder block, plus the keyword arguments the model passed to it.
+
+    Capturing the inputs of block 0 once and pushing them block by block lets statistics and
+    sequential pruning stream one block at a time, whatever the architecture's block signature.
+    """
+
+    class _Stop(Exception):
+        pass
+
+    def __init__(self, model, windows: torch.Tensor, batch_size: int = 8):
+        device = next(model.parameters()).device
+        self.hidden: list[torch.Tensor] = []
+        self.kwargs: list[dict] = []
+
+        def grab(_module, args, kwargs):
+            self.hidden.append(args[0].detach() if args else kwargs.pop("hidden_states").detach())
+            self.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            raise self._Stop
+
+        handle = decoder_blocks(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for batch in windows.split(batch_size):
+                    try:
+                        model(batch.to(device), use_cache=False)
+                    except self._Stop:
+                        pass
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def forward(self, block, keep: bool = True) -> None:
+        """Run the block on the held inputs; with ``keep`` its outputs become the next block's inputs.
+
+        ``keep=False`` only runs it (for forward hooks that observe its Linear layers).
+        """
+        for i, (hidden, kwargs) in enumerate(zip(self.hidden, self.kwargs)):
+            out = block(hidden, **kwargs)
+            if keep:
+                self.hidden[i] = out[0] if isinstance(out, tuple) else out
+
+
+@contextmanager
+def activation_norm_hooks(linears: dict[str, torch.nn.Linear]):
+    """Accumulate ``Σ x²`` per input channel of each Linear while the context is open.
+
+    Yields a dict filled with ``{name: sum of squares (in,)}`` and the token count seen.
+    """
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook_for(name):
+        def hook(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sq = (x * x).sum(0)
+            sums[name] = sums[name] + sq if name in sums else sq
+        return hook
+
+    handles = [linear.register_forward_pre_hook(hook_for(n)) for n, linear in linears.items()]
+    try:
+        yield sums
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def norms_from_sums(sums: dict[str, torch.Tensor], n_windows: int) -> dict[str, torch.Tensor]:
+    return {name: torch.sqrt(s / n_windows).unsqueeze(0) for name, s in sums.items()}
+
+
+def activation_norms(model, windows: torch.Tensor, batch_size: int = 8, progress: bool = True):
+    """``X`` for every prunable Linear, streaming the dense model one block at a time."""
+    blocks = decoder_blocks(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    inputs = BlockInputs(model, windows, batch_size)
+    result = {}
+    for i, block in enumerate(tqdm(blocks, desc="activation norms", disable=not progress)):
+        with activation_norm_hooks(block_linears(block)) as sums:
+            inputs.forward(block)
+        result.update({f"{prefix}.{i}.{n}": x for n, x in norms_from_sums(sums, len(windows)).items()})
+    return result
+
+
+def gradient_norms(model, windows: torch.Tensor, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"l1": Σ|g|, "l2": sqrt(Σ g²)}`` per prunable Linear, one window per backward pass."""
+    linears = prunable_linears(model)
+    device = next(model.parameters()).device
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for linear in linears.values():
+        linear.weight.requires_grad_(True)
+    l1 = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
+    l2 = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
+    try:
+        for window in tqdm(windows, desc="gradients", disable=not progress):
+            ids = window.unsqueeze(0).to(device)
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+            for name, linear in linears.items():
+                g = linear.weight.grad.float()
+                l1[name] += g.abs()
+                l2[name] += g * g
+                linear.weight.grad = None
+    finally:
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+    return {"l1": l1, "l2": {n: v.sqrt_() for n, v in l2.items()}}
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _cached(kind: str, model, windows, spec: dict, compute, use_cache: bool):
+    """Load ``kind`` statistics from the cache, or compute and store them."""
+    key_doc = {"kind": kind, "model": model_fingerprint(model), "text": spec,
+               "windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]}
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / "stats" / f"{kind}-{key}.safetensors"
+    if use_cache and path.is_file():
+        return load_file(path), True
+    tensors = compute()
+    if use_cache:
+        _atomic_save(tensors, path, {"key": json.dumps(key_doc, sort_keys=True)})
+    return tensors, False
+
+
+def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"), grad_norm: str = "l2",
+                       use_cache: bool = True, progress: bool = True) -> tuple[Statistics, dict]:
+    """Statistics named in ``needs`` for every prunable Linear, plus a record of where they came from.
+
+    Returns ``(stats, info)`` where ``stats[layer]["X" | "G"]`` are tensors on the model's device and
+    ``info`` says the text spec, the gradient norm and which kinds were cache hits.
+    """
+    device = next(model.parameters()).device
+    stats: Statistics = {name: {} for name in prunable_linears(model)}
+    info = {"text": spec, "grad_norm": grad_norm, "cache_hits": []}
+    if "X" in needs:
+        tensors, hit = _cached("X", model, windows, spec,
+                               lambda: activation_norms(model, windows, progress=progress), use_cache)
+        for name, x in tensors.items():
+            stats[name]["X"] = x.to(device)
+        info["cache_hits"] += ["X"] if hit else []
+    if "G" in needs:
+        def compute():
+            norms = gradient_norms(model, windows, progress=progress)
+            return {f"{name}::{kind}": t for kind, d in norms.items() for name, t in d.items()}
+        tensors, hit = _cached("G", model, windows, spec, compute, use_cache)
+        for name in stats:
+            stats[name]["G"] = tensors[f"{name}::{grad_norm}"].to(device)
+        info["cache_hits"] += ["G"] if hit else []
+    return stats, info

@@ -1,0 +1,139 @@
+"""``metric-search``: a thin command line over the Python API.
+
+Every user error (bad flag value, missing model or data, malformed expression) ends with one line on
+stderr and exit status 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+USER_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input detected by the CLI itself."""
+
+
+def _sparsity_and_structure(sparsity: float | None, structure: str | None):
+    from evaluators import parse_structure
+    from evaluators.masks import check_sparsity
+
+    parsed = parse_structure(structure)
+    if parsed.unstructured:
+        return check_sparsity(0.5 if sparsity is None else sparsity), parsed
+    if sparsity is not None and abs(sparsity - parsed.sparsity) > 1e-9:
+        raise UsageError(f"--sparsity {sparsity} contradicts --structure {structure} "
+                         f"(which prunes {parsed.sparsity:g}); give one or make them agree")
+    return parsed.sparsity, parsed
+
+
+def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib-data", default="wikitext2", help="wikitext2 | c4 | text:PATH (default: wikitext2)")
+    g.add_argument("--nsamples", type=int, default=16, help="calibration windows (default: 16)")
+    g.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default: 512)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampler (default: 0)")
+    g.add_argument("--data-dir", default=None, help="folder holding wikitext-2/ (default: $METRIC_SEARCH_DATA)")
+    g.add_argument("--no-cache", action="store_true", help="recompute statistics instead of using the cache")
+
+
+def build_pruner(args):
+    """The pruner named by ``--method`` with its options."""
+    from evaluators import get_pruner
+
+    options = {"grad_norm": args.grad_norm} if args.method == "gblm" else {}
+    return get_pruner(args.method, **options)
+
+
+def cmd_prune(args) -> int:
+    from evaluators import Calibration, calibration_windows, load_model, save_pruned
+    from evaluators.pruners import BASELINES
+
+    sparsity, structure = _sparsity_and_structure(args.sparsity, args.structure)
+    if args.method not in BASELINES:
+        raise UsageError(f"unknown method {args.method!r}; choose from {', '.join(BASELINES)}")
+    if args.nsamples < 1 or args.calib_seqlen < 2:
+        raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"output {out} already exists and is not an empty directory")
+    pruner = build_pruner(args)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    calibration = None
+    if pruner.needs or args.sequential:
+        windows, spec = calibration_windows(tokenizer, args.calib_data, args.nsamples, args.calib_seqlen,
+                                            args.seed, args.data_dir)
+        calibration = Calibration(windows, spec.describe(), use_cache=not args.no_cache)
+    report = pruner.prune(model, calibration, sparsity, structure, sequential=args.sequential)
+    recipe = {"model": args.model, "pruner": pruner.describe(), **report.to_dict(),
+              "seconds_total": time.perf_counter() - t0}
+    save_pruned(model, tokenizer, out, recipe)
+    print(f"pruned {args.model} with {pruner.name} ({report.structure}, sequential={args.sequential}): "
+          f"achieved sparsity {report.overall_sparsity:.4f} over {len(report.layer_sparsity)} layers → {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from evaluators import evaluation_windows, load_model, perplexity
+
+    if args.seqlen < 2 or (args.max_windows is not None and args.max_windows < 1):
+        raise UsageError("--seqlen must be ≥ 2 and --max-windows ≥ 1")
+    model, tokenizer = load_model(args.model)
+    windows, spec = evaluation_windows(tokenizer, args.data, args.split, args.seqlen, args.max_windows,
+                                       args.data_dir)
+    result = perplexity(model, windows, spec.describe(), batch_size=args.batch_size)
+    print(json.dumps({**result.to_dict(), "model": args.model}) if args.json else f"{args.model}: {result}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metric-search", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model with a method and save a Hugging Face checkpoint")
+    p.add_argument("--model", default="smollm2", help="smollm2 | HF id | checkpoint dir | .gguf (default: smollm2)")
+    p.add_argument("--method", default="wanda", help="magnitude | wanda | gblm | pruner-zero (default: wanda)")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default: 0.5)")
+    p.add_argument("--structure", default=None, help="N:M such as 2:4 (default: unstructured)")
+    p.add_argument("--sequential", action="store_true", help="prune block by block (Wanda's protocol)")
+    p.add_argument("--grad-norm", choices=("l1", "l2"), default="l2", help="gblm's gradient norm (default: l2)")
+    p.add_argument("--output", required=True, help="directory for the pruned checkpoint (must not exist)")
+    _add_calibration_flags(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="perplexity of a model under Wanda's protocol")
+    p.add_argument("model", help="smollm2 | HF id | checkpoint dir | .gguf")
+    p.add_argument("--data", default="wikitext2", help="wikitext2 | c4 | text:PATH (default: wikitext2)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default: 2048)")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
+    p.add_argument("--data-dir", default=None, help="folder holding wikitext-2/ (default: $METRIC_SEARCH_DATA)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from evaluators import DataError, MaskError, ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError) as err:
+        print(f"metric-search {args.command}: error: {_one_line(err).strip(chr(39))}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print(f"metric-search {args.command}: interrupted", file=sys.stderr)
+        return 130
