@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from evaluators.masks import MaskError, make_mask, nm_mask, parse_structure, unstructured_mask
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.37, 0.9])
+def test_unstructured_exact_count_per_row(sparsity):
+    scores = torch.randn(7, 33)
+    mask = unstructured_mask(scores, sparsity)
+    assert (mask.sum(1) == int(33 * sparsity)).all()
+    # the zeroed entries are the lowest of their row
+    kept_min = scores.masked_fill(mask, float("inf")).min(1).values
+    pruned_max = scores.masked_fill(~mask, float("-inf")).max(1).values
+    assert (pruned_max <= kept_min).all()
+
+
+def test_unstructured_ties_prune_lower_index_first():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 1.0, 0.0]])
+    mask = unstructured_mask(scores, 0.5)
+    assert mask.tolist() == [[True, True, False, False], [False, True, False, True]]
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_exact_count_per_group(n, m):
+    scores = torch.randn(5, 64)
+    mask = nm_mask(scores, n, m)
+    assert (mask.reshape(5, -1, m).sum(-1) == n).all()
+    groups = scores.reshape(5, -1, m)
+    gm = mask.reshape(5, -1, m)
+    assert (groups.masked_fill(~gm, float("-inf")).max(-1).values
+            <= groups.masked_fill(gm, float("inf")).min(-1).values).all()
+
+
+def test_nm_ties_deterministic():
+    scores = torch.zeros(2, 8)
+    mask = nm_mask(scores, 2, 4)
+    assert mask.tolist() == [[True, True, False, False] * 2] * 2
+
+
+def test_make_mask_dispatch():
+    scores = torch.randn(3, 8)
+    assert torch.equal(make_mask(scores, 0.5, parse_structure("2:4")), nm_mask(scores, 2, 4))
+    assert torch.equal(make_mask(scores, 0.25, parse_structure(None)), unstructured_mask(scores, 0.25))
+
+
+@pytest.mark.parametrize("text", ["3:2", "a:b", "2:2", "0:4", "2-4", ""])
+def test_bad_structures(text):
+    with pytest.raises(MaskError):
+        parse_structure(text)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.1, 1.5])
+def test_bad_sparsity(sparsity):
+    with pytest.raises(MaskError):
+        unstructured_mask(torch.randn(2, 4), sparsity)
+
+
+def test_nm_width_not_multiple():
+    with pytest.raises(MaskError):
+        nm_mask(torch.randn(2, 6), 2, 4)
