@@ -10,6 +10,7 @@ Every pruner — the baselines here and a discovered symbolic metric — has the
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,7 +115,13 @@ BASELINES: dict[str, Callable[..., Pruner]] = {
 
 
 def get_pruner(name: str, **options) -> Pruner:
-    """A baseline pruner by its CLI name (``magnitude``, ``wanda``, ``gblm``, ``pruner-zero``)."""
+    """A baseline pruner by its CLI name, given the options it accepts.
+
+    Options a method does not take (say ``grad_norm`` for ``wanda``) are ignored, so a caller can pass
+    every option it has; ``None`` values mean "the method's default".
+    """
     if name not in BASELINES:
         raise KeyError(f"unknown method {name!r}; choose from {', '.join(BASELINES)}")
-    return BASELINES[name](**options)
+    factory = BASELINES[name]
+    accepted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})

@@ -46,8 +46,8 @@ def build_pruner(args):
     """The pruner named by ``--method`` with its options."""
     from evaluators import get_pruner
 
-    options = {"grad_norm": args.grad_norm} if args.method == "gblm" else {}
-    return get_pruner(args.method, **options)
+    score = get_pruner(args.score) if getattr(args, "score", None) else None
+    return get_pruner(args.method, grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
 
 
 def cmd_prune(args) -> int:
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", default=None, help="N:M such as 2:4 (default: unstructured)")
     p.add_argument("--sequential", action="store_true", help="prune block by block (Wanda's protocol)")
     p.add_argument("--grad-norm", choices=("l1", "l2"), default="l2", help="gblm's gradient norm (default: l2)")
+    p.add_argument("--no-ro", action="store_true", help="wanda++: regional gradient score only, no regional optimisation")
+    p.add_argument("--score", default=None, help="besa: method giving the within-row ranking (default: wanda)")
     p.add_argument("--output", required=True, help="directory for the pruned checkpoint (must not exist)")
     _add_calibration_flags(p)
     p.set_defaults(func=cmd_prune)

@@ -59,3 +59,11 @@ def test_bad_sparsity(sparsity):
 def test_nm_width_not_multiple():
     with pytest.raises(MaskError):
         nm_mask(torch.randn(2, 6), 2, 4)
+
+
+@pytest.mark.parametrize("k", [1, 5, 16, 31])
+def test_threshold_mask_equals_stable_sort(k):
+    from evaluators.masks import _lowest, _lowest_by_threshold
+
+    for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32)):
+        assert torch.equal(_lowest_by_threshold(scores, k), _lowest(scores, k))
