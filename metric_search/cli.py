@@ -92,6 +92,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from .config import load_config
+    from .search import MetricSearch
+
+    config = load_config(args.config, args.overrides)
+    search = MetricSearch(config).fit(args.run_dir)
+    print(f"run directory: {search.run_dir_}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .search import MetricSearch
+
+    search = MetricSearch.resume(args.run_dir, args.overrides)
+    print(f"run directory: {search.run_dir_}")
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from primitives import operator_table
+
+    print(operator_table())
+    return 0
+
+
+def cmd_simplify(args) -> int:
+    from primitives import simplify_report
+
+    print(simplify_report(args.expression))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metric-search", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder holding wikitext-2/ (default: $METRIC_SEARCH_DATA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("search", help="evolve pruning metrics with genetic programming")
+    p.add_argument("--config", default=None, help="TOML config (runs/*.toml); defaults when omitted")
+    p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. iterations=20")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("resume", help="continue a stopped or killed search (iterations=N extends it)")
+    p.add_argument("run_dir", help="the run directory, runs/<id>")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. iterations=400")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("ops", help="print the operator table of the search space")
+    p.set_defaults(func=cmd_ops)
+
+    p = sub.add_parser("simplify", help="parse an expression and print its simplified form and keys")
+    p.add_argument("expression", help='e.g. "mul(abs(W), X)"')
+    p.set_defaults(func=cmd_simplify)
     return parser
 
 
@@ -129,11 +179,16 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from evaluators import DataError, MaskError, ModelError
+    from primitives import ExpressionError
+
+    from .config import ConfigError
+    from .store import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError) as err:
+    except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError, ExpressionError,
+            ConfigError, RunError) as err:
         print(f"metric-search {args.command}: error: {_one_line(err).strip(chr(39))}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,159 @@
+"""Search configuration: every parameter, its default and its type, in one place.
+
+A run is configured by a TOML file (``runs/*.toml``, flat ``key = value`` pairs or the same keys under
+tables, which are flattened) and ``key=value`` overrides from the command line, which are parsed as TOML
+values (``iterations=20``, ``structure="2:4"`` or ``structure=2:4``, ``seed_metrics=["wanda"]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class SearchConfig:
+    # where the run lives
+    name: str = "search"
+    output_dir: str = "runs"
+    # the model and the pruning problem
+    model: str = "smollm2"
+    sparsity: float = 0.5
+    structure: str = "unstructured"
+    device: str = "cpu"
+    # data: calibration windows (random, valid's first region) and fitness windows (valid's second region)
+    data: str = "wikitext2"
+    data_dir: str = ""
+    nsamples: int = 16
+    calib_seqlen: int = 512
+    grad_norm: str = "l2"
+    fitness_windows: int = 8
+    fitness_seqlen: int = 256
+    batch_size: int = 4
+    # the search space
+    leaves: list[str] = field(default_factory=lambda: ["W", "X", "G"])
+    operators: list[str] = field(default_factory=list)  # empty: every registered operator
+    init_min_height: int = 1
+    init_max_height: int = 3
+    max_height: int = 6
+    seed_metrics: list[str] = field(default_factory=list)  # expressions or baseline names
+    # the genetic programme
+    mode: str = "steady"  # "steady" (Pruner-Zero's Algorithm 1) | "generational" (mu + lambda)
+    population_size: int = 50
+    iterations: int = 300  # steady: children; generational: generations
+    top_k: int = 10  # steady: parents are drawn by tournament among the best top_k
+    tournament_size: int = 3
+    crossover_prob: float = 0.5  # generational; steady always crosses over
+    mutation_prob: float = 0.5
+    offspring: int = 50  # generational: lambda
+    max_regenerate: int = 20  # tries to produce a child unlike its parents and the population
+    seed: int = 0
+    # evaluation
+    n_jobs: int = 1
+    hall_of_fame: int = 10
+    test_top_k: int = 3  # hall-of-fame entries whose WikiText-2 test perplexity is measured at the end
+    test_windows: int = 16
+    test_seqlen: int = 512
+
+    def validate(self) -> "SearchConfig":
+        from evaluators.masks import MaskError, check_sparsity, parse_structure
+
+        try:
+            structure = parse_structure(None if self.structure == "unstructured" else self.structure)
+            if structure.unstructured:
+                check_sparsity(self.sparsity)
+            elif abs(structure.sparsity - self.sparsity) > 1e-9:
+                raise ConfigError(f"sparsity={self.sparsity} contradicts structure={self.structure}")
+        except MaskError as err:
+            raise ConfigError(str(err)) from None
+        if self.mode not in ("steady", "generational"):
+            raise ConfigError(f"mode must be 'steady' or 'generational', got {self.mode!r}")
+        if self.grad_norm not in ("l1", "l2"):
+            raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
+        positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",
+                    "batch_size", "max_height", "top_k", "tournament_size", "offspring", "max_regenerate")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
+        for key in ("iterations", "hall_of_fame", "test_top_k", "test_windows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be ≥ 0, got {getattr(self, key)}")
+        for key in ("crossover_prob", "mutation_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        if not 1 <= self.init_min_height <= self.init_max_height <= self.max_height:
+            raise ConfigError("need 1 ≤ init_min_height ≤ init_max_height ≤ max_height")
+        if self.n_jobs == 0:
+            raise ConfigError("n_jobs must be ≥ 1 or negative (joblib's convention), not 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
+TYPES = typing.get_type_hints(SearchConfig)
+
+
+def _coerce(key: str, value):
+    """Check ``value`` against the field's type (ints are accepted for floats)."""
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key {key!r}")
+    kind = TYPES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return value
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _flatten(doc: dict) -> dict:
+    flat = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` → (key, value); the value is read as TOML, else kept as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> SearchConfig:
+    """Defaults ← ``base`` (a saved run's config) ← TOML file ← ``key=value`` overrides, validated."""
+    values = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values.update(_flatten(tomllib.loads(path.read_text())))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        values.setdefault("name", path.stem)
+    values.update(parse_override(o) for o in overrides)
+    return SearchConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()

@@ -1,0 +1,74 @@
+"""What runs inside an evaluation worker: the model, statistics and fitness windows, loaded once.
+
+A worker (this process when ``n_jobs == 1``; a joblib, Dask or Ray worker otherwise) keeps one
+``FitnessEvaluator`` per search problem in a module-level cache, so the model and the statistics are
+loaded once per worker, not once per candidate. Statistics come from the on-disk cache the main process
+filled before the first evaluation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+
+_EVALUATORS: dict[str, object] = {}
+
+# The keys that define the fitness problem; two configs equal on these share one evaluator.
+PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "data", "data_dir", "nsamples", "calib_seqlen",
+                "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
+
+
+def problem(config: dict) -> dict:
+    return {k: config[k] for k in PROBLEM_KEYS}
+
+
+def _device(requested: str) -> str:
+    """``auto``: one GPU per worker process when several exist (picked by process id), else CPU."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return f"cuda:{os.getpid() % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def load_problem(spec: dict, progress: bool = False):
+    """Model, calibration statistics and fitness windows for a problem (the expensive part)."""
+    from evaluators import (Calibration, calibration_windows, compute_statistics, fitness_windows,
+                            load_model, parse_structure)
+    from evaluators.fitness import FitnessEvaluator
+
+    model, tokenizer = load_model(spec["model"], device=_device(spec["device"]))
+    data_dir = spec["data_dir"] or None
+    cal, cal_spec = calibration_windows(tokenizer, spec["data"], spec["nsamples"], spec["calib_seqlen"],
+                                        spec["seed"], data_dir)
+    needs = tuple(leaf for leaf in spec["leaves"] if leaf != "W")
+    stats, _ = compute_statistics(model, cal, cal_spec.describe(), needs, spec["grad_norm"], progress=progress)
+    windows, fit_spec = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
+                                        data_dir)
+    structure = parse_structure(None if spec["structure"] == "unstructured" else spec["structure"])
+    evaluator = FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"])
+    evaluator.protocol = fit_spec.describe()
+    evaluator.tokenizer = tokenizer
+    return evaluator
+
+
+def evaluator_for(spec: dict, progress: bool = False):
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = load_problem(spec, progress)
+    return _EVALUATORS[key]
+
+
+def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, float]) -> dict:
+    """Fitness of one expression, as a plain dict (what crosses process boundaries)."""
+    from primitives import compile_tree, parse
+
+    evaluator = evaluator_for(spec)
+    try:
+        fn = compile_tree(parse(expression))
+    except Exception as err:  # recorded, never raised: one bad candidate must not stop a search
+        return {"fitness": None, "status": "error", "reason": f"{type(err).__name__}: {err}".splitlines()[0],
+                "mask_hash": None, "seconds": 0.0, "window_nll": []}
+    return evaluator.evaluate(fn, known_masks).to_dict()
