@@ -9,5 +9,10 @@ from .models import (ModelError, block_linears, decoder_blocks, load_model, mode
 from .perplexity import PerplexityResult, perplexity, window_nlls
 from .pruners import BASELINES, GBLM, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda, get_pruner
 from .stats import compute_statistics
+from .besa import BESA
+from .regional import (RGS, BlockwisePruner, RegionalOptimised, block_outputs, prune_blockwise,
+                       reconstruction_error, regional_gradient_norms, regional_gradients, regional_optimisation,
+                       wanda_plus_plus)
+from .sparsegpt import SparseGPT, sparsegpt_prune
 
 __all__ = [name for name in dir() if not name.startswith("_")]

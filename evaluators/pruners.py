@@ -125,3 +125,12 @@ def get_pruner(name: str, **options) -> Pruner:
     factory = BASELINES[name]
     accepted = inspect.signature(factory).parameters
     return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+# Block-by-block baselines live in their own modules, which import ``Pruner`` from here: register them
+# once this module's names exist.
+from .besa import BESA  # noqa: E402
+from .regional import wanda_plus_plus  # noqa: E402
+from .sparsegpt import SparseGPT  # noqa: E402
+
+BASELINES.update({"wanda++": wanda_plus_plus, "sparsegpt": SparseGPT, "besa": BESA})

@@ -8,6 +8,10 @@ Scales (fixed, so that a metric mixing leaves means the same thing on every run)
 * ``G`` (shape ``(out, in)``): per-weight gradient norm over calibration windows, one window per backward
   pass of the causal-LM loss (mean token NLL of that window). ``l2``: ``sqrt(Σ_n g_n²)`` (GBLM-Pruner's
   default); ``l1``: ``Σ_n |g_n|``. Both are kept; ``G`` is the chosen one.
+* ``R`` (shape ``(out, in)``): Wanda++'s regional gradient, ``g_n = ∂‖block(x_n)‖₂/∂W`` for the decoder
+  block holding the Linear (Frobenius norm of the block's output on window n, dense inputs), computed
+  block by block, never by a full-model backward. ``l2``: ``sqrt(Σ_n g_n² / N)``; ``l1``: ``Σ_n |g_n| / N``
+  (averaged over the N windows, like ``X``, so it does not grow with N). ``grad_norm`` picks it as for ``G``.
 """
 from __future__ import annotations
 
@@ -165,7 +169,7 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
                        use_cache: bool = True, progress: bool = True) -> tuple[Statistics, dict]:
     """Statistics named in ``needs`` for every prunable Linear, plus a record of where they came from.
 
-    Returns ``(stats, info)`` where ``stats[layer]["X" | "G"]`` are tensors on the model's device and
+    Returns ``(stats, info)`` where ``stats[layer]["X" | "G" | "R"]`` are tensors on the model's device and
     ``info`` says the text spec, the gradient norm and which kinds were cache hits.
     """
     device = next(model.parameters()).device
@@ -185,4 +189,14 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
         for name in stats:
             stats[name]["G"] = tensors[f"{name}::{grad_norm}"].to(device)
         info["cache_hits"] += ["G"] if hit else []
+    if "R" in needs:
+        from .regional import regional_gradient_norms  # regional.py imports this module
+
+        def compute_regional():
+            norms = regional_gradient_norms(model, windows, progress=progress)
+            return {f"{name}::{kind}": t for kind, d in norms.items() for name, t in d.items()}
+        tensors, hit = _cached("R", model, windows, spec, compute_regional, use_cache)
+        for name in stats:
+            stats[name]["R"] = tensors[f"{name}::{grad_norm}"].to(device)
+        info["cache_hits"] += ["R"] if hit else []
     return stats, info

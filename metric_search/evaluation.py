@@ -64,7 +64,7 @@ class CandidatePool:
                 "fitness": result["fitness"], "status": result["status"], "reason": result["reason"],
                 "mask_hash": result["mask_hash"], "cached": "mask" if result["reason"] == "mask cache" else "",
                 "seconds": round(result["seconds"], 4), "window_nll": result["window_nll"],
-                "time": time.time(),
+                "worker": result["worker"], "time": time.time(),
             }
             self.store.append_evaluation(record)
             self._remember(record)

@@ -70,5 +70,5 @@ def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, floa
         fn = compile_tree(parse(expression))
     except Exception as err:  # recorded, never raised: one bad candidate must not stop a search
         return {"fitness": None, "status": "error", "reason": f"{type(err).__name__}: {err}".splitlines()[0],
-                "mask_hash": None, "seconds": 0.0, "window_nll": []}
-    return evaluator.evaluate(fn, known_masks).to_dict()
+                "mask_hash": None, "seconds": 0.0, "window_nll": [], "worker": os.getpid()}
+    return {**evaluator.evaluate(fn, known_masks).to_dict(), "worker": os.getpid()}

@@ -95,6 +95,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(problem, tmp_path):
         if evaluations.exists() and evaluations.read_text().count("\n") >= target:
             break
         time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     finished = RunStore.open(tmp_path / "run").evaluations()
@@ -134,3 +135,16 @@ def test_cli_bad_config_and_existing_run(problem, tmp_path, capsys):
     assert main(["resume", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.count("\n") == 3
     assert not (tmp_path / "r").exists()
+
+
+def test_dask_local_cluster_with_two_workers(problem, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    config = load_config(None, problem + ["n_jobs=2", "iterations=4"])
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster), parallel_config(backend="dask"):
+        search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    workers = {r["worker"] for r in search.evaluations_}
+    assert os.getpid() not in workers and len(search.evaluations_) >= 8
+    assert int(search.logbook_[-1]["iteration"]) == 4
