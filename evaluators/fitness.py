@@ -72,9 +72,10 @@ class FitnessEvaluator:
             for name, weight in self.dense.items():
                 leaves = {"W": weight, **self.stats.get(name, {})}
                 scores = torch.broadcast_to(fn(**leaves), weight.shape)
-                if not torch.isfinite(scores).all():
+                low, high = torch.aminmax(scores)  # NaN propagates into both, inf into one
+                if not (math.isfinite(low) and math.isfinite(high)):
                     raise InvalidScore(f"non-finite scores in {name}")
-                if scores.min() == scores.max():
+                if low == high:
                     raise InvalidScore(f"constant scores in {name}")
                 masks[name] = make_mask(scores, self.sparsity, self.structure)
         return masks

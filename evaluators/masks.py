@@ -79,9 +79,25 @@ def _lowest_by_threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
     return below | (at & (at.cumsum(-1) <= missing))
 
 
+def _lowest_by_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Same mask as ``_lowest``, fastest when no row has a tie across the k-th position.
+
+    ``topk`` picks an unspecified member of a tie, so where a row's threshold value occurs more often
+    than the selection can hold, the exact threshold method decides instead.
+    """
+    if k == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    values, index = torch.topk(scores, k, dim=-1, largest=False, sorted=False)
+    threshold = values.amax(-1, keepdim=True)
+    room = k - (scores < threshold).sum(-1, keepdim=True)
+    if ((scores == threshold).sum(-1, keepdim=True) > room).any():
+        return _lowest_by_threshold(scores, k)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row."""
-    return _lowest_by_threshold(scores, int(scores.shape[-1] * check_sparsity(sparsity)))
+    return _lowest_by_topk(scores, int(scores.shape[-1] * check_sparsity(sparsity)))
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

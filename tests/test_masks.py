@@ -62,8 +62,11 @@ def test_nm_width_not_multiple():
 
 
 @pytest.mark.parametrize("k", [1, 5, 16, 31])
-def test_threshold_mask_equals_stable_sort(k):
-    from evaluators.masks import _lowest, _lowest_by_threshold
+def test_fast_masks_equal_stable_sort(k):
+    from evaluators.masks import _lowest, _lowest_by_threshold, _lowest_by_topk
 
-    for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32)):
+    tied_rows = torch.randn(9, 32)
+    tied_rows[3] = 1.0
+    for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32), tied_rows):
         assert torch.equal(_lowest_by_threshold(scores, k), _lowest(scores, k))
+        assert torch.equal(_lowest_by_topk(scores, k), _lowest(scores, k))

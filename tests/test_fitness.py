@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from evaluators import Calibration, Wanda, compute_statistics, parse_structure, perplexity, prunable_linears
+from evaluators.fitness import FitnessEvaluator
+
+
+@pytest.fixture
+def evaluator(tiny_model):
+    gen = torch.Generator().manual_seed(5)
+    cal = torch.randint(3, 104, (4, 16), generator=gen)
+    stats, _ = compute_statistics(tiny_model, cal, {"source": "random"}, ("X", "G"), progress=False)
+    windows = torch.randint(3, 104, (3, 16), generator=gen)
+    ev = FitnessEvaluator(tiny_model, stats, windows, 0.5, parse_structure(None), batch_size=2)
+    ev.calibration = Calibration(cal, {"source": "random"})
+    return ev
+
+
+def test_fitness_is_perplexity_of_the_pruned_model_and_weights_are_restored(evaluator, tiny_model):
+    dense = {n: l.weight.clone() for n, l in prunable_linears(tiny_model).items()}
+    result = evaluator.evaluate(lambda W, X, G: W.abs() * X)
+    assert result.status == "ok" and len(result.window_nll) == 3
+    assert all(torch.equal(l.weight, dense[n]) for n, l in prunable_linears(tiny_model).items())
+    Wanda().prune(tiny_model, evaluator.calibration, 0.5, parse_structure(None), progress=False)
+    direct = perplexity(tiny_model, evaluator.windows, {}, progress=False).perplexity
+    assert result.fitness == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("fn,status,reason", [
+    (lambda W, X, G: W / 0.0, "invalid", "non-finite"),
+    (lambda W, X, G: W * float("nan"), "invalid", "non-finite"),
+    (lambda W, X, G: torch.ones_like(W), "invalid", "constant"),
+    (lambda W, X, G: torch.zeros(2) + torch.zeros(3), "error", "RuntimeError"),
+])
+def test_bad_candidates_are_recorded_not_raised(evaluator, fn, status, reason):
+    result = evaluator.evaluate(fn)
+    assert result.status == status and reason in result.reason
+    assert result.fitness is None and math.isinf(result.value)
+
+
+def test_mask_cache_skips_the_forward(evaluator):
+    first = evaluator.evaluate(lambda W, X, G: W.abs() * X)
+    same_masks = evaluator.evaluate(lambda W, X, G: (W.abs() * X) ** 2, {first.mask_hash: first.fitness})
+    assert same_masks.mask_hash == first.mask_hash and same_masks.reason == "mask cache"
+    assert same_masks.fitness == first.fitness and same_masks.window_nll == []
+    other = evaluator.evaluate(lambda W, X, G: W.abs(), {first.mask_hash: first.fitness})
+    assert other.mask_hash != first.mask_hash and other.reason == ""
