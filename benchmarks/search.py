@@ -62,7 +62,7 @@ def main() -> None:
     baselines = {}
     for pruner in (Wanda(), GBLM()):
         masks = evaluator.masks(lambda **leaves: pruner.score(leaves["W"], leaves))
-        baselines[pruner.name] = math.exp(evaluator.perplexity_with(masks).mean().item())
+        baselines[pruner.name] = math.exp(evaluator.perplexity_with(masks)[0].mean().item())
     evaluator.windows = fitness_windows
 
     print(f"\nrun {search.run_dir_} ({cfg.mode}, population {cfg.population_size}, iterations {cfg.iterations}, "

@@ -5,6 +5,19 @@ evaluation is: score every layer → mask → hash the masks → (cache hit? don
 forward the fitness windows → restore the dense weights. A score that is non-finite or constant in a layer
 is *invalid* (worst fitness, with the reason); an exception in the score function is an *error*; neither
 raises out of ``evaluate``.
+
+Multi-fidelity (all optional):
+
+* **window ranges** — ``evaluate(..., start, stop)`` forwards only windows ``[start, stop)``; per-window
+  NLLs add up, so a candidate can be continued later (successive halving).
+* **racing** — with a ``Race``, windows are forwarded ``chunk`` at a time and the candidate stops as soon
+  as it is *certainly* worse than a reference: a paired one-sided test on per-window NLL differences,
+  ``mean(d) − z·sd(d)/√n > 0`` after at least ``min_windows`` windows (unpaired against the reference's
+  mean when its per-window NLLs are unknown).
+* **proxies** — computed from the masks before any forward: ``recon``, the layer reconstruction error of
+  the pruned Linear under the diagonal approximation ``Σ_pruned W²·X² / Σ W²·X²`` (exact when input
+  channels are uncorrelated), averaged over layers; ``overlap``, the fraction of pruned positions shared
+  with the reference masks (the current best individual), when set.
 """
 from __future__ import annotations
 
@@ -24,20 +37,43 @@ from .perplexity import window_nlls
 
 @dataclass
 class FitnessResult:
-    fitness: float | None  # perplexity; None when the candidate is invalid or failed
-    status: str  # "ok" | "invalid" | "error"
+    fitness: float | None  # perplexity over the windows evaluated; None when invalid or failed
+    status: str  # "ok" | "raced" | "gated" | "invalid" | "error"
     reason: str = ""
     mask_hash: str | None = None
     seconds: float = 0.0
     window_nll: list[float] = field(default_factory=list)
+    proxies: dict = field(default_factory=dict)
 
     @property
     def value(self) -> float:
-        """The fitness to minimise: perplexity, or +inf for an invalid or failed candidate."""
-        return self.fitness if self.fitness is not None else math.inf
+        """The fitness to minimise: perplexity, or +inf unless the candidate completed."""
+        return self.fitness if self.status == "ok" and self.fitness is not None else math.inf
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Race:
+    """Stop a candidate once it is certainly worse than ``reference`` (mean NLL, or per-window NLLs)."""
+
+    reference_nll: list[float] | float
+    min_windows: int = 2
+    z: float = 2.0
+    chunk: int = 1
+
+    def lost(self, nll: list[float], offset: int = 0) -> bool:
+        n = len(nll)
+        if n < self.min_windows:
+            return False
+        if isinstance(self.reference_nll, list) and len(self.reference_nll) >= offset + n:
+            d = np.asarray(nll) - np.asarray(self.reference_nll[offset:offset + n])
+        else:
+            ref = self.reference_nll if not isinstance(self.reference_nll, list) else float(np.mean(self.reference_nll))
+            d = np.asarray(nll) - ref
+        spread = d.std(ddof=1) if n > 1 else math.inf
+        return bool(d.mean() - self.z * spread / math.sqrt(n) > 0)
 
 
 class InvalidScore(ValueError):
@@ -64,6 +100,8 @@ class FitnessEvaluator:
         self.sparsity = sparsity
         self.structure = structure
         self.batch_size = batch_size
+        self.proxies = False
+        self.reference_masks: dict[str, torch.Tensor] | None = None
 
     def masks(self, fn) -> dict[str, torch.Tensor]:
         """The mask of every layer under ``fn``; raises ``InvalidScore`` for unusable scores."""
@@ -80,6 +118,22 @@ class FitnessEvaluator:
                 masks[name] = make_mask(scores, self.sparsity, self.structure)
         return masks
 
+    @torch.no_grad()
+    def proxy_values(self, masks: dict[str, torch.Tensor]) -> dict:
+        recon, overlap, pruned = [], 0, 0
+        for name, mask in masks.items():
+            x = self.stats.get(name, {}).get("X")
+            if x is not None:
+                energy = self.dense[name].square() * x.square()
+                recon.append((energy * mask).sum().item() / max(energy.sum().item(), 1e-30))
+            if self.reference_masks is not None:
+                overlap += (mask & self.reference_masks[name]).sum().item()
+                pruned += mask.sum().item()
+        values = {"recon": float(np.mean(recon))} if recon else {}
+        if self.reference_masks is not None:
+            values["overlap"] = overlap / max(pruned, 1)
+        return values
+
     @staticmethod
     def mask_hash(masks: dict[str, torch.Tensor]) -> str:
         digest = hashlib.blake2b(digest_size=16)
@@ -89,12 +143,24 @@ class FitnessEvaluator:
         return digest.hexdigest()
 
     @torch.no_grad()
-    def perplexity_with(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-window NLL of the model with ``masks`` applied; the dense weights are restored after."""
+    def perplexity_with(self, masks: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
+                        race: Race | None = None) -> tuple[torch.Tensor, bool]:
+        """Per-window NLL on windows ``[start, stop)`` with ``masks`` applied, and whether it raced out.
+
+        The dense weights are restored afterwards, whatever happens.
+        """
+        windows = self.windows[start:stop]
         try:
             for name, mask in masks.items():
                 self.linears[name].weight.masked_fill_(mask, 0.0)
-            return window_nlls(self.model, self.windows, self.batch_size)
+            if race is None:
+                return window_nlls(self.model, windows, self.batch_size), False
+            nll: list[float] = []
+            for chunk in windows.split(race.chunk):
+                nll += window_nlls(self.model, chunk, self.batch_size).tolist()
+                if race.lost(nll, start):
+                    return torch.tensor(nll, dtype=torch.float64), True
+            return torch.tensor(nll, dtype=torch.float64), False
         finally:
             self.restore()
 
@@ -103,22 +169,34 @@ class FitnessEvaluator:
         for name, weight in self.dense.items():
             self.linears[name].weight.copy_(weight)
 
-    def evaluate(self, fn, known: dict[str, float] | None = None) -> FitnessResult:
-        """Fitness of ``fn``; ``known`` maps mask hashes to fitness already measured (skips the forward)."""
-        start = time.perf_counter()
+    def evaluate(self, fn, known: dict[str, dict] | None = None, race: Race | None = None,
+                 start: int = 0, stop: int | None = None, gate: float | None = None) -> FitnessResult:
+        """Fitness of ``fn`` on windows ``[start, stop)``.
+
+        ``known`` maps mask hashes to earlier results (``{"fitness", "status"}``): a hit skips the forward.
+        ``gate``: skip the forward (status ``gated``) when the ``recon`` proxy exceeds it.
+        """
+        begin = time.perf_counter()
         try:
             masks = self.masks(fn)
         except InvalidScore as err:
-            return FitnessResult(None, "invalid", str(err), seconds=time.perf_counter() - start)
+            return FitnessResult(None, "invalid", str(err), seconds=time.perf_counter() - begin)
         except Exception as err:  # a candidate must never stop the search
+            where = traceback.format_exc(limit=-1).strip().splitlines()[-1]
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
-            return FitnessResult(None, "error", reason + " | " + traceback.format_exc(limit=-1).strip().splitlines()[-1],
-                                 seconds=time.perf_counter() - start)
+            return FitnessResult(None, "error", f"{reason} | {where}", seconds=time.perf_counter() - begin)
         digest = self.mask_hash(masks)
+        proxies = self.proxy_values(masks) if self.proxies or gate is not None else {}
         if known is not None and digest in known:
-            return FitnessResult(known[digest], "ok", "mask cache", digest, time.perf_counter() - start)
-        nll = self.perplexity_with(masks)
+            hit = known[digest]
+            return FitnessResult(hit["fitness"], hit["status"], "mask cache", digest,
+                                 time.perf_counter() - begin, proxies=proxies)
+        if gate is not None and proxies.get("recon", -math.inf) > gate:
+            return FitnessResult(None, "gated", f"recon proxy {proxies['recon']:.4g} > gate {gate:.4g}", digest,
+                                 time.perf_counter() - begin, proxies=proxies)
+        nll, raced = self.perplexity_with(masks, start, stop, race)
         ppl = math.exp(nll.mean().item())
         if not math.isfinite(ppl):
-            return FitnessResult(None, "invalid", "non-finite perplexity", digest, time.perf_counter() - start)
-        return FitnessResult(ppl, "ok", "", digest, time.perf_counter() - start, nll.tolist())
+            return FitnessResult(None, "invalid", "non-finite perplexity", digest, time.perf_counter() - begin)
+        status, reason = ("raced", f"raced out after {len(nll)} windows") if raced else ("ok", "")
+        return FitnessResult(ppl, status, reason, digest, time.perf_counter() - begin, nll.tolist(), proxies)

@@ -43,11 +43,16 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_pruner(args):
-    """The pruner named by ``--method`` with its options."""
+    """The pruner named by ``--method`` (or any metric reference given to ``--metric``) with its options."""
     from evaluators import get_pruner
 
-    score = get_pruner(args.score) if getattr(args, "score", None) else None
-    return get_pruner(args.method, grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
+    from .metrics import load_metric
+
+    # --score takes any metric reference (baseline, runs/<id>:best, exported file, expression)
+    score = load_metric(args.score, grad_norm=args.grad_norm) if getattr(args, "score", None) else None
+    if getattr(args, "metric", None):
+        return load_metric(args.metric, grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
+    return get_pruner(args.method or "wanda", grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
 
 
 def cmd_prune(args) -> int:
@@ -55,7 +60,9 @@ def cmd_prune(args) -> int:
     from evaluators.pruners import BASELINES
 
     sparsity, structure = _sparsity_and_structure(args.sparsity, args.structure)
-    if args.method not in BASELINES:
+    if args.metric and args.method:
+        raise UsageError("give either --method or --metric, not both")
+    if not args.metric and (args.method or "wanda") not in BASELINES:
         raise UsageError(f"unknown method {args.method!r}; choose from {', '.join(BASELINES)}")
     if args.nsamples < 1 or args.calib_seqlen < 2:
         raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
@@ -110,6 +117,50 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    results = export_run(args.run_dir, args.index, args.format, args.output)
+    for stem, result in results.items():
+        print(f"{stem}: {result['expression']}")
+        for fmt, path in result["files"].items():
+            print(f"  {fmt:8} {path}")
+        for fmt, reason in result["skipped"].items():
+            print(f"  {fmt:8} skipped: {reason}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    if args.compare:
+        from .compare import compare_runs
+
+        result = compare_runs(args.run_dirs, args.output, args.top, plots=not args.no_plots)
+        print("\n".join(f"- {s}" for s in result["sentences"]))
+        print(f"report: {result['files'][0]}")
+        return 0
+    from .analysis import analyze_run
+
+    if len(args.run_dirs) != 1:
+        raise UsageError("analyze takes one run directory (add --compare to compare several)")
+    reevaluation = None
+    if args.reevaluate:
+        from .reevaluate import reevaluate
+
+        if args.sparsity is not None or args.structure:
+            _sparsity_and_structure(args.sparsity, args.structure)  # fail before loading the model
+        if args.reevaluate_top < 1 or args.windows < 0 or args.seqlen < 2:
+            raise UsageError("--reevaluate-top must be ≥ 1, --windows ≥ 0 and --seqlen ≥ 2")
+
+        reevaluation = reevaluate(args.run_dirs[0], top=args.reevaluate_top, sequential=not args.one_shot,
+                                  sparsity=args.sparsity, structure=args.structure, split=args.split,
+                                  windows=args.windows, seqlen=args.seqlen, device=args.device)
+    summary = analyze_run(args.run_dirs[0], args.output, args.top, plots=not args.no_plots,
+                          reevaluation=reevaluation)
+    print("\n".join(f"- {p}" for p in summary["principles"]))
+    print(f"report: {summary['files']['report']}")
+    return 0
+
+
 def cmd_ops(args) -> int:
     from primitives import operator_table
 
@@ -130,13 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model with a method and save a Hugging Face checkpoint")
     p.add_argument("--model", default="smollm2", help="smollm2 | HF id | checkpoint dir | .gguf (default: smollm2)")
-    p.add_argument("--method", default="wanda", help="magnitude | wanda | gblm | pruner-zero (default: wanda)")
+    p.add_argument("--method", default=None, help="magnitude | wanda | gblm | pruner-zero | wanda++ | sparsegpt | "
+                                                  "besa (default: wanda)")
+    p.add_argument("--metric", default=None, help="any metric instead of --method: runs/<id>:best | runs/<id>:N | "
+                                                  "an exported .json | an expression | a baseline name")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default: 0.5)")
     p.add_argument("--structure", default=None, help="N:M such as 2:4 (default: unstructured)")
     p.add_argument("--sequential", action="store_true", help="prune block by block (Wanda's protocol)")
-    p.add_argument("--grad-norm", choices=("l1", "l2"), default="l2", help="gblm's gradient norm (default: l2)")
+    p.add_argument("--grad-norm", choices=("l1", "l2"), default=None,
+                   help="gradient norm of G (default: l2, or the one a --metric run was searched with)")
     p.add_argument("--no-ro", action="store_true", help="wanda++: regional gradient score only, no regional optimisation")
-    p.add_argument("--score", default=None, help="besa: method giving the within-row ranking (default: wanda)")
+    p.add_argument("--score", default=None, help="besa: metric giving the within-row ranking, any --metric "
+                                                 "reference (default: wanda)")
     p.add_argument("--output", required=True, help="directory for the pruned checkpoint (must not exist)")
     _add_calibration_flags(p)
     p.set_defaults(func=cmd_prune)
@@ -163,6 +219,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. iterations=400")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("export", help="write a run's metrics as JSON, standalone .py, SymPy, LaTeX, Pruner-Zero JSON")
+    p.add_argument("run_dir", help="the run directory, runs/<id>")
+    p.add_argument("--index", default="best", help="best | N (hall-of-fame rank) | all | a list such as 1,3 "
+                                                   "(default: best)")
+    p.add_argument("--format", default="json,py,sympy,latex,pz-json",
+                   help="comma list of json, py, sympy, latex, pz-json, or all (default: all)")
+    p.add_argument("--output", default=None, help="output folder (default: runs/<id>/metrics)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("analyze", help="relate the shape of evaluated metrics to their perplexity; report + plots")
+    p.add_argument("run_dirs", nargs="+", metavar="run_dir", help="runs/<id> (several with --compare)")
+    p.add_argument("--compare", action="store_true", help="compare runs: does the ranking of metrics transfer?")
+    p.add_argument("--output", default=None, help="output folder (default: runs/<id>/analysis, "
+                                                  "with --compare runs/<first>/analysis/compare)")
+    p.add_argument("--top", type=int, default=10, help="how many top metrics to list and compare (default: 10)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    g = p.add_argument_group("re-evaluation (optional, loads the model)")
+    g.add_argument("--reevaluate", action="store_true", help="prune the hall of fame again under another protocol "
+                                                             "and correlate with the search fitness")
+    g.add_argument("--reevaluate-top", type=int, default=5, help="hall-of-fame entries to re-evaluate (default: 5)")
+    g.add_argument("--one-shot", action="store_true", help="re-prune one-shot instead of sequentially")
+    g.add_argument("--sparsity", type=float, default=None, help="another sparsity (default: the run's)")
+    g.add_argument("--structure", default=None, help="another structure, e.g. 2:4 (default: the run's)")
+    g.add_argument("--split", default="test", help="perplexity split (default: test)")
+    g.add_argument("--windows", type=int, default=16, help="perplexity windows, 0 = whole split (default: 16)")
+    g.add_argument("--seqlen", type=int, default=512, help="tokens per window (default: 512)")
+    g.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
+    p.set_defaults(func=cmd_analyze)
+
     p = sub.add_parser("ops", help="print the operator table of the search space")
     p.set_defaults(func=cmd_ops)
 
@@ -182,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     from primitives import ExpressionError
 
     from .config import ConfigError
+    from .metrics import MetricError
     from .store import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError, ExpressionError,
-            ConfigError, RunError) as err:
+            ConfigError, RunError, MetricError) as err:
         print(f"metric-search {args.command}: error: {_one_line(err).strip(chr(39))}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

@@ -54,6 +54,15 @@ class SearchConfig:
     offspring: int = 50  # generational: lambda
     max_regenerate: int = 20  # tries to produce a child unlike its parents and the population
     seed: int = 0
+    # multi-fidelity (all off by default; see evaluators/fitness.py)
+    racing: bool = False  # steady: stop a child once certainly worse than the population's worst
+    race_min_windows: int = 2
+    race_z: float = 2.0
+    proxies: bool = False  # record the recon and overlap proxies of every candidate
+    proxy_gate: bool = False  # skip the forward when recon exceeds every population member's
+    successive_halving: bool = False  # generational: offspring on few windows, the better half on more
+    halving_min_windows: int = 2
+    max_seconds: float = 0.0  # wall-clock budget of one invocation (0: none)
     # evaluation
     n_jobs: int = 1
     hall_of_fame: int = 10
@@ -77,11 +86,12 @@ class SearchConfig:
         if self.grad_norm not in ("l1", "l2"):
             raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
         positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",
-                    "batch_size", "max_height", "top_k", "tournament_size", "offspring", "max_regenerate")
+                    "batch_size", "max_height", "top_k", "tournament_size", "offspring", "max_regenerate",
+                    "race_min_windows", "halving_min_windows")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
-        for key in ("iterations", "hall_of_fame", "test_top_k", "test_windows"):
+        for key in ("iterations", "hall_of_fame", "test_top_k", "test_windows", "max_seconds", "race_z"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be ≥ 0, got {getattr(self, key)}")
         for key in ("crossover_prob", "mutation_prob"):

@@ -28,7 +28,7 @@ def test_perplexities(search, rows: list[dict]) -> dict[str, float]:
         evaluator.windows = windows
         for row in rows:
             masks = evaluator.masks(compile_tree(parse(row["expression"], search.pset)))
-            results[row["expression"]] = round(math.exp(evaluator.perplexity_with(masks).mean().item()), 4)
+            results[row["expression"]] = round(math.exp(evaluator.perplexity_with(masks)[0].mean().item()), 4)
     finally:
         evaluator.windows = fitness_windows
     write_json_atomic(search.store.path / "final.json", {"protocol": spec.describe(), "test_perplexity": results})

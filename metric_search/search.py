@@ -28,18 +28,14 @@ from evaluators.checkpoint import versions
 from primitives import parse, rank_key, simplify_tree, to_string
 
 from .config import SearchConfig, load_config
-from .evaluation import CandidatePool
+from .evaluation import CandidatePool, fitness_of
 from .store import HALL_OF_FAME, LOGBOOK, RunStore
 from .toolbox import KNOWN_METRICS, build_toolbox, individual
 from .worker import evaluator_for, problem
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
-LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "best_fitness",
-               "median_fitness", "best_expression", "elapsed_s"]
-
-
-def _fitness(record: dict) -> float:
-    return record["fitness"] if record["status"] == "ok" and record["fitness"] is not None else math.inf
+LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "raced", "gated", "halved",
+               "windows", "best_fitness", "median_fitness", "best_expression", "elapsed_s"]
 
 
 class MetricSearch:
@@ -98,7 +94,7 @@ class MetricSearch:
         if state is None:
             random.seed(cfg.seed)
             population = self._initial_population()
-            self._assign(population, self.pool.evaluate(population, 0))
+            self._assign(population, self.pool.evaluate(population, 0, self._options([])))
             population = self._survivors(population)
             iteration = 0
             self._checkpoint(population, iteration)
@@ -107,7 +103,7 @@ class MetricSearch:
         total = cfg.iterations
         bar = tqdm(total=total, initial=min(iteration, total), desc="search", disable=not self.progress)
         step = self._generation if cfg.mode == "generational" else self._steady_step
-        while iteration < total:
+        while iteration < total and not self._out_of_time():
             population, done = step(population, iteration)
             iteration += done
             self._checkpoint(population, iteration)
@@ -116,6 +112,26 @@ class MetricSearch:
         bar.close()
         self._finish()
         return self
+
+    def _out_of_time(self) -> bool:
+        return self.config.max_seconds > 0 and time.perf_counter() - self.started > self.config.max_seconds
+
+    def _options(self, population: list) -> dict:
+        """Multi-fidelity options for the next evaluations, from the current population."""
+        cfg, options = self.config, {}
+        records = [self.pool.by_key.get(rank_key(ind)) for ind in population]
+        if cfg.proxies or cfg.proxy_gate:
+            options["proxies"] = True
+            options["reference"] = to_string(population[0]) if population else None
+        if cfg.proxy_gate and len(population) >= cfg.population_size:
+            recon = [r["proxies"].get("recon") for r in records if r and r.get("proxies")]
+            if recon and len(recon) == len(records) and all(v is not None for v in recon):
+                options["gate"] = max(recon)
+        worst = records[-1] if records else None
+        if cfg.racing and len(population) >= cfg.population_size and worst and worst["status"] == "ok":
+            reference = worst["window_nll"] or math.log(worst["fitness"])
+            options["race"] = {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
+        return options
 
     def _initial_population(self) -> list:
         seeds = [individual(parse(KNOWN_METRICS.get(s, s), self.pset)) for s in self.config.seed_metrics]
@@ -158,7 +174,7 @@ class MetricSearch:
             child = self._child(population, keys)
             keys.add(rank_key(child))
             children.append(child)
-        self._assign(children, self.pool.evaluate(children, iteration + 1))
+        self._assign(children, self.pool.evaluate(children, iteration + 1, self._options(population)))
         return self._survivors(population + children), batch
 
     def _generation(self, population: list, iteration: int):
@@ -171,7 +187,14 @@ class MetricSearch:
                 child = self._unique(lambda: self.toolbox.mutate(self.toolbox.clone(ind))[0], keys)
             keys.add(rank_key(child))
             offspring.append(child)
-        self._assign(offspring, self.pool.evaluate(offspring, iteration + 1))
+        options = self._options(population)
+        options.pop("race", None)  # racing is steady-state's; generational mode halves instead
+        if cfg.successive_halving:
+            records = self.pool.evaluate_halving(offspring, iteration + 1, cfg.fitness_windows,
+                                                 cfg.halving_min_windows, options)
+        else:
+            records = self.pool.evaluate(offspring, iteration + 1, options)
+        self._assign(offspring, records)
         return self._survivors(population + offspring), 1
 
     def _survivors(self, individuals: list) -> list:
@@ -181,7 +204,7 @@ class MetricSearch:
     @staticmethod
     def _assign(individuals, records) -> None:
         for ind, record in zip(individuals, records):
-            ind.fitness.values = (_fitness(record),)
+            ind.fitness.values = (fitness_of(record),)
 
     # ---------------------------------------------------------------- persistence
     def _checkpoint(self, population: list, iteration: int) -> None:
@@ -221,7 +244,7 @@ class MetricSearch:
     # ---------------------------------------------------------------- results
     def _hall_of_fame(self, records: list[dict], tests: dict | None = None) -> list[dict]:
         seen, rows = set(), []
-        for record in sorted((r for r in records if r["status"] == "ok"), key=_fitness):
+        for record in sorted((r for r in records if r["status"] == "ok"), key=fitness_of):
             if record["mask_hash"] in seen:
                 continue
             seen.add(record["mask_hash"])

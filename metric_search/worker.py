@@ -61,14 +61,38 @@ def evaluator_for(spec: dict, progress: bool = False):
     return _EVALUATORS[key]
 
 
-def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, float]) -> dict:
-    """Fitness of one expression, as a plain dict (what crosses process boundaries)."""
+def _reference_masks(evaluator, expression: str | None):
+    """Masks of the current best individual (for the overlap proxy), recomputed only when it changes."""
     from primitives import compile_tree, parse
 
+    if expression is None:
+        return None
+    if getattr(evaluator, "reference_expression", None) != expression:
+        evaluator.reference_masks = evaluator.masks(compile_tree(parse(expression)))
+        evaluator.reference_expression = expression
+    return evaluator.reference_masks
+
+
+def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict], options: dict | None = None) -> dict:
+    """Fitness of one expression, as a plain dict (what crosses process boundaries).
+
+    ``options`` (all optional): ``start``/``stop`` (window range), ``race`` (``Race`` fields),
+    ``proxies`` (bool), ``reference`` (best expression, for the overlap proxy), ``gate`` (skip the
+    forward when the ``recon`` proxy exceeds this value).
+    """
+    from evaluators.fitness import FitnessResult, Race
+    from primitives import compile_tree, parse
+
+    options = options or {}
     evaluator = evaluator_for(spec)
     try:
         fn = compile_tree(parse(expression))
     except Exception as err:  # recorded, never raised: one bad candidate must not stop a search
-        return {"fitness": None, "status": "error", "reason": f"{type(err).__name__}: {err}".splitlines()[0],
-                "mask_hash": None, "seconds": 0.0, "window_nll": [], "worker": os.getpid()}
-    return {**evaluator.evaluate(fn, known_masks).to_dict(), "worker": os.getpid()}
+        result = FitnessResult(None, "error", f"{type(err).__name__}: {err}".splitlines()[0])
+        return {**result.to_dict(), "worker": os.getpid()}
+    evaluator.proxies = bool(options.get("proxies"))
+    evaluator.reference_masks = _reference_masks(evaluator, options.get("reference")) if evaluator.proxies else None
+    race = Race(**options["race"]) if options.get("race") else None
+    result = evaluator.evaluate(fn, known_masks, race, options.get("start", 0), options.get("stop"),
+                                options.get("gate"))
+    return {**result.to_dict(), "worker": os.getpid()}

@@ -42,8 +42,9 @@ def test_bad_candidates_are_recorded_not_raised(evaluator, fn, status, reason):
 
 def test_mask_cache_skips_the_forward(evaluator):
     first = evaluator.evaluate(lambda W, X, G: W.abs() * X)
-    same_masks = evaluator.evaluate(lambda W, X, G: (W.abs() * X) ** 2, {first.mask_hash: first.fitness})
+    known = {first.mask_hash: {"fitness": first.fitness, "status": "ok"}}
+    same_masks = evaluator.evaluate(lambda W, X, G: (W.abs() * X) ** 2, known)
     assert same_masks.mask_hash == first.mask_hash and same_masks.reason == "mask cache"
     assert same_masks.fitness == first.fitness and same_masks.window_nll == []
-    other = evaluator.evaluate(lambda W, X, G: W.abs(), {first.mask_hash: first.fitness})
+    other = evaluator.evaluate(lambda W, X, G: W.abs(), known)
     assert other.mask_hash != first.mask_hash and other.reason == ""

@@ -83,8 +83,10 @@ def _cli(*args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(problem, tmp_path):
-    overrides = problem + ["iterations=14"]
+@pytest.mark.parametrize("extra", [[], ["racing=true", "fitness_windows=4", "proxies=true"]],
+                         ids=["full", "racing"])
+def test_kill_9_then_resume_matches_uninterrupted_run(problem, tmp_path, extra):
+    overrides = problem + ["iterations=14"] + extra
     reference = _cli("search", "--run-dir", str(tmp_path / "ref"), *overrides)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
     victim = _cli("search", "--run-dir", str(tmp_path / "run"), *overrides)

@@ -1,0 +1,241 @@
+"""Markdown, CSV and PNG output of :mod:`metric_search.analysis` (matplotlib with the Agg backend)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .store import csv_text, write_text_atomic
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:.{digits}g}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def _pv(p: float) -> str:
+    return "n/a" if p != p else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A markdown table; ``columns`` are (key, header); ``|`` inside cells is escaped."""
+    if not rows:
+        return "_(none)_\n"
+    head = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join("| " + " | ".join(
+        (_pv(r[k]) if k.endswith("_p") or k in ("holm_p", "p") else _fmt(r.get(k))).replace("|", "\\|")
+        for k, _ in columns) + " |\n" for r in rows)
+    return head + body
+
+
+def _code(rows: list[dict], key: str = "expression") -> list[dict]:
+    return [{**r, key: f"`{r[key]}`"} for r in rows]
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (headless servers, tests)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _yscale(ax, values, label: str = "fitness perplexity") -> None:
+    """Log scale when the values span more than a factor 10 (typical of a search), else linear (readable ticks)."""
+    values = [v for v in values if v == v and v > 0]
+    wide = bool(values) and max(values) / min(values) > 10
+    ax.set_yscale("log" if wide else "linear")
+    ax.set_ylabel(f"{label} (log scale)" if wide else label)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_fitness(s: dict, data: dict, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    v = data["valid"]
+    ax.scatter([c["iteration"] for c in v], [c["fitness"] for c in v], s=8, alpha=0.35, color="grey",
+               label=f"evaluated candidates ({len(v)} valid)")
+    prog = s["progress"]
+    if prog["iterations"]:
+        ax.step(prog["iterations"], prog["best_so_far"], where="post", color="C0", lw=2, label="best so far")
+    med = [(i, m) for i, m in zip(prog["logbook_iterations"], prog["population_median"]) if m == m]
+    if med:
+        ax.plot(*zip(*med), color="C1", lw=1.5, label="population median (logbook)")
+    _yscale(ax, [c["fitness"] for c in v])
+    ax.set_xlabel("iteration")
+    ax.set_title(f"Fitness over iterations ({s['n_invalid'] + s['n_unparsed']} invalid not shown)", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pareto(s: dict, data: dict, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    v = data["valid"]
+    rng = np.random.default_rng(0)  # jitter so that equal sizes do not hide each other
+    ax.scatter([c["size"] + rng.uniform(-0.15, 0.15) for c in v], [c["fitness"] for c in v], s=8, alpha=0.35,
+               color="grey", label="candidates")
+    front = s["pareto"]
+    if front:
+        ax.step([c["size"] for c in front], [c["fitness"] for c in front], where="post", color="C3", lw=1.5)
+        ax.scatter([c["size"] for c in front], [c["fitness"] for c in front], color="C3", s=25, zorder=3,
+                   label="Pareto front")
+    _yscale(ax, [c["fitness"] for c in v])
+    ax.set_xlabel("tree size (nodes)")
+    ax.set_title("Tree size vs perplexity", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_correlations(s: dict, path: Path) -> Path:
+    plt = _pyplot()
+    rows = sorted(s["correlations"], key=lambda r: r["spearman_rho"])
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * max(1, len(rows))))
+    colors = ["C2" if r["holm_p"] < 0.05 and r["spearman_rho"] < 0 else "C3" if r["holm_p"] < 0.05 else "lightgrey"
+              for r in rows]
+    ax.barh([r["feature"] for r in rows], [r["spearman_rho"] for r in rows], color=colors)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("Spearman ρ with log-perplexity (< 0: goes with better metrics)")
+    ax.set_title("Rank correlations (coloured: Holm-adjusted p < 0.05)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_attribution(s: dict, path: Path) -> Path:
+    plt = _pyplot()
+    from matplotlib.colors import to_rgba
+    rows = sorted((r for r in s["attribution"] if r["ratio"] == r["ratio"]), key=lambda r: r["ratio"])
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * max(1, len(rows))))
+    ax.barh([f"{r['feature']} (n={r['n_with']})" for r in rows], [math.log2(r["ratio"]) for r in rows],
+            color=[to_rgba("C2" if r["ratio"] < 1 else "C3", 1.0 if r["holm_p"] < 0.05 else 0.35) for r in rows])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("log2(geometric-mean ppl with / without)   (< 0: lower perplexity with it)")
+    ax.set_title("Leaf and operator attribution (faded: Holm-adjusted p ≥ 0.05)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_groups(s: dict, data: dict, path: Path) -> Path:
+    from .analysis import GROUPS, _gx_group
+
+    plt = _pyplot()
+    groups = [(g, [c["fitness"] for c in data["valid"] if _gx_group(c["leaves"]) == g]) for g in GROUPS]
+    groups = [(g, v) for g, v in groups if v]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if groups:
+        ax.boxplot([v for _, v in groups], showfliers=True)
+        ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(v)})" for g, v in groups])
+    _yscale(ax, [x for _, v in groups for x in v])
+    ax.set_title("Use of X vs G (besides W)", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- report
+def _protocol(config: dict) -> str:
+    if not config:
+        return "unknown (no config.json)"
+    return (f"model `{config.get('model')}`, sparsity {config.get('sparsity')} ({config.get('structure')}), one-shot; "
+            f"fitness = perplexity on {config.get('fitness_windows')} × {config.get('fitness_seqlen')}-token windows of "
+            f"`{config.get('data')}` valid (fitness region); statistics from {config.get('nsamples')} × "
+            f"{config.get('calib_seqlen')}-token calibration windows, G = {config.get('grad_norm', 'l2')}")
+
+
+def write_run_report(s: dict, data: dict, out: Path, plots: bool = True) -> dict[str, str]:
+    """Write ``report.md``, ``summary.json``, CSV tables and (optionally) PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    figures: dict[str, str] = {}
+    if plots and s["n_valid"]:
+        for name, fn in (("fitness", lambda p: plot_fitness(s, data, p)), ("pareto", lambda p: plot_pareto(s, data, p)),
+                         ("correlations", lambda p: plot_correlations(s, p)),
+                         ("attribution", lambda p: plot_attribution(s, p)), ("groups", lambda p: plot_groups(s, data, p))):
+            if name in ("correlations", "attribution") and not s[name]:
+                continue
+            figures[name] = fn(out / f"{name}.png").name
+    for name, rows in (("correlations", s["correlations"]), ("attribution", s["attribution"]),
+                       ("pareto", s["pareto"]), ("top", s["top"])):
+        if rows:
+            cols = [k for k in rows[0] if k not in ("leaves", "ops")] + [k for k in ("leaves", "ops") if k in rows[0]]
+            write_text_atomic(out / f"{name}.csv", csv_text([{**r, **{k: " ".join(r[k]) for k in ("leaves", "ops")
+                                                                       if k in r}} for r in rows], cols))
+            files[f"{name}.csv"] = str(out / f"{name}.csv")
+    write_text_atomic(out / "summary.json", json.dumps(s, indent=2, default=str) + "\n")
+
+    def fig(name: str, caption: str) -> str:
+        return f"![{caption}]({figures[name]})\n\n" if name in figures else ""
+
+    tests = s.get("tests") or {}
+    top = [{**c, "rank": i + 1, "test": tests.get(c["expression"]), "leaves": " ".join(c["leaves"])}
+           for i, c in enumerate(s["top"])]
+    reasons = ", ".join(f"{k} ({v})" for k, v in sorted(s["invalid_reasons"].items(), key=lambda kv: -kv[1]))
+    md = [f"# Analysis of run `{s['run_id']}`\n",
+          f"Protocol: {_protocol(data['config'])}.\n",
+          f"**{s['n_records']} evaluated candidates: {s['n_valid']} valid, {s['n_invalid']} invalid or failed"
+          + (f" ({reasons})" if reasons else "") + (f", {s['n_unparsed']} no longer parseable" if s["n_unparsed"] else "")
+          + f".** Invalid candidates are excluded from everything below. {s['n_mask_duplicates']} valid candidates "
+            "share their mask with an earlier one (same pruned model, same fitness) and are kept as distinct trees.\n",
+          "## Principles\n", "Generated from the tables below (significance: Holm-adjusted p < 0.05):\n",
+          "".join(f"- {p}\n" for p in s["principles"]),
+          f"\n## Top metrics\n\nThe {len(top)} best valid candidates by fitness, one per distinct mask; `test ppl` is the "
+          "test-split perplexity the search measured at its end (`final.json`, only the first `test_top_k` "
+          "hall-of-fame entries); it was never used for selection.\n\n",
+          table(_code(top), [("rank", "#"), ("fitness", "fitness ppl"), ("test", "test ppl"), ("size", "size"),
+                             ("height", "height"), ("leaves", "leaves"), ("expression", "expression"),
+                             ("canonical_key", "canonical key")]),
+          "\n## Fitness over iterations\n\n", fig("fitness", "fitness over iterations"),
+          "Grey: every valid evaluation; blue: best fitness found so far; orange: median fitness of the surviving "
+          "population after each iteration (from `logbook.csv`). A flat blue line over the last part of the run means "
+          "the search converged for this budget.\n",
+          "\n## Pareto front: tree size vs perplexity\n\n", fig("pareto", "pareto front"),
+          "A candidate is on the front when no smaller-or-equal tree has lower perplexity. Read it for the simplest "
+          "metric worth using.\n\n",
+          table(_code(s["pareto"]), [("size", "size"), ("fitness", "fitness ppl"), ("expression", "expression")]),
+          "\n## Rank correlations with log-perplexity\n\n", fig("correlations", "rank correlations"),
+          "Spearman ρ and Kendall τ-b between each feature and log-perplexity over the valid candidates (ranks, so "
+          "identical on perplexity). Presence features are 0/1 (τ-b handles the ties). **Positive = the feature goes "
+          "with worse (higher) perplexity.** `holm p` corrects Spearman's p for testing every feature. "
+          "Correlation is not causation: GP keeps copying subtrees of good parents, so features of early good "
+          "metrics are over-represented.\n\n",
+          table(s["correlations"], [("feature", "feature"), ("mean", "mean / share"), ("spearman_rho", "Spearman ρ"),
+                                    ("spearman_p", "p"), ("kendall_tau", "Kendall τ"), ("kendall_p", "p"),
+                                    ("holm_p", "holm p")]),
+          "\n## Operator and leaf attribution\n\n", fig("attribution", "attribution"),
+          "Perplexity of candidates that contain a leaf or operator vs those that do not: geometric means "
+          "(exp of mean log-perplexity), medians, their ratio (< 1: better with it), the two-sided Mann-Whitney U "
+          "p-value (raw and Holm-adjusted over the rows), and the feature's share among the top metrics vs among all "
+          "candidates.\n\n",
+          table(s["attribution"], [("feature", "feature"), ("n_with", "n with"), ("n_without", "n without"),
+                                   ("geo_with", "geo ppl with"), ("geo_without", "geo ppl without"),
+                                   ("median_with", "median with"), ("median_without", "median without"),
+                                   ("ratio", "ratio"), ("mw_p", "p"), ("holm_p", "holm p"), ("top_share", "top share"),
+                                   ("share", "share")]),
+          "\n## Use of X vs G\n\n", fig("groups", "use of X vs G"),
+          table(s["gx"]["rows"], [("group", "leaves used (besides W)"), ("n", "n"), ("geo", "geo ppl"),
+                                  ("median", "median ppl"), ("best", "best ppl")]),
+          f"\nKruskal-Wallis across the groups with ≥ 2 candidates: {_pv(s['gx']['kruskal_p'])}.\n"]
+    if s["baselines"]:
+        md += ["\n## Known metrics evaluated in this run\n\n",
+               table(_code(s["baselines"]), [("name", "metric"), ("fitness", "fitness ppl"), ("rank", "rank"),
+                                             ("expression", "expression")])]
+    if s.get("reevaluation"):
+        from .reevaluate import reevaluation_markdown
+        md.append(reevaluation_markdown(s["reevaluation"]))
+    text = "\n".join(block.strip("\n") + "\n" for block in md if block.strip())  # one blank line between blocks
+    write_text_atomic(out / "report.md", text)
+    files.update({"report": str(out / "report.md"), "summary": str(out / "summary.json")})
+    files.update({k: str(out / v) for k, v in figures.items()})
+    return files

@@ -1,0 +1,103 @@
+"""Multi-fidelity: racing, successive halving, proxies; resume stays consistent."""
+import json
+
+import pytest
+import torch
+
+from evaluators import compute_statistics, parse_structure
+from evaluators.fitness import FitnessEvaluator, Race
+from metric_search.config import load_config
+from metric_search.search import MetricSearch
+from metric_search.store import RunStore
+
+
+@pytest.fixture
+def evaluator(tiny_model):
+    """A tiny Llama trained to predict a noisy repeating sequence, so that pruning choices matter and
+    windows differ (a random model's perplexity hardly depends on which weights go)."""
+    gen = torch.Generator().manual_seed(11)
+    pattern = torch.randint(3, 104, (8,), generator=gen)
+    rows = []
+    for shift in range(12):
+        noise = torch.rand(24, generator=gen) < 0.15
+        rows.append(torch.where(noise, torch.randint(3, 104, (24,), generator=gen), pattern.roll(shift).repeat(3)))
+    windows = torch.stack(rows)
+    optimiser = torch.optim.Adam(tiny_model.parameters(), lr=3e-3)
+    tiny_model.train()
+    for _ in range(60):
+        tiny_model(input_ids=windows, labels=windows).loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    tiny_model.eval()
+    stats, _ = compute_statistics(tiny_model, windows[:4], {"source": "pattern"}, ("X",), progress=False)
+    return FitnessEvaluator(tiny_model, stats, windows[4:], 0.5, parse_structure(None), batch_size=4)
+
+
+GOOD = staticmethod(lambda W, X, **_: W.abs() * X)
+BAD = staticmethod(lambda W, X, **_: -(W.abs() * X))  # prunes the most important weights
+
+
+def test_clearly_worse_candidate_is_raced_out_after_min_windows(evaluator):
+    good = evaluator.evaluate(GOOD)
+    raced = evaluator.evaluate(BAD, race=Race(good.window_nll, min_windows=2, z=2.0))
+    assert raced.status == "raced" and len(raced.window_nll) == 2
+    assert raced.value == float("inf") and raced.fitness > good.fitness
+
+
+def test_better_candidate_is_never_raced_out(evaluator):
+    bad = evaluator.evaluate(BAD)
+    for z in (0.0, 1.0, 2.0):
+        for reference in (bad.window_nll, sum(bad.window_nll) / len(bad.window_nll)):
+            good = evaluator.evaluate(GOOD, race=Race(reference, min_windows=1, z=z))
+            assert good.status == "ok" and len(good.window_nll) == 8
+
+
+def test_window_ranges_add_up(evaluator):
+    full = evaluator.evaluate(GOOD)
+    parts = evaluator.evaluate(GOOD, start=0, stop=3).window_nll + evaluator.evaluate(GOOD, start=3).window_nll
+    assert parts == pytest.approx(full.window_nll)
+
+
+def test_proxies_and_gate(evaluator):
+    evaluator.proxies = True
+    good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
+    assert 0 <= good.proxies["recon"] < bad.proxies["recon"] <= 1
+    gated = evaluator.evaluate(BAD, gate=good.proxies["recon"])
+    assert gated.status == "gated" and gated.window_nll == []
+    evaluator.reference_masks = evaluator.masks(GOOD)
+    assert evaluator.evaluate(GOOD).proxies["overlap"] == pytest.approx(1.0)
+
+
+@pytest.fixture
+def problem(tiny_checkpoint, text_dir):
+    return [f"model={json.dumps(str(tiny_checkpoint))}", f"data={json.dumps('text:' + str(text_dir))}",
+            "nsamples=4", "calib_seqlen=32", "fitness_windows=6", "fitness_seqlen=32", "population_size=6",
+            "test_top_k=0", "seed=5", "sparsity=0.7"]
+
+
+def test_racing_search_records_fidelity(problem, tmp_path):
+    config = load_config(None, problem + ["iterations=12", "racing=true", "race_min_windows=2", "proxies=true"])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    records = search.evaluations_
+    assert all("recon" in r["proxies"] for r in records if r["status"] in ("ok", "raced"))
+    for r in records:
+        if r["status"] == "ok" and not r["cached"]:
+            assert r["fidelity"] == 6
+        if r["status"] == "raced":
+            assert 2 <= r["fidelity"] < 6
+    population = RunStore.open(tmp_path / "run").checkpoint()["population"]
+    statuses = {r["expression"]: r["status"] for r in records}
+    assert all(statuses.get(expr, "ok") == "ok" for expr in population)
+
+
+def test_successive_halving(problem, tmp_path):
+    config = load_config(None, problem + ["mode=generational", "iterations=1", "offspring=8",
+                                          "successive_halving=true", "halving_min_windows=2"])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    new = [r for r in search.evaluations_ if r["iteration"] == 1 and not r["cached"]]
+    halved = [r for r in new if r["status"] == "halved"]
+    complete = [r for r in new if r["status"] == "ok"]
+    assert halved and complete
+    assert {r["fidelity"] for r in halved} <= {2, 4} and {r["fidelity"] for r in complete} == {6}
+    worst_complete = max(sum(r["window_nll"][:2]) for r in complete)
+    assert any(sum(r["window_nll"][:2]) >= worst_complete for r in halved if r["fidelity"] == 2)
