@@ -14,5 +14,6 @@ from .regional import (RGS, BlockwisePruner, RegionalOptimised, block_outputs, p
                        reconstruction_error, regional_gradient_norms, regional_gradients, regional_optimisation,
                        wanda_plus_plus)
 from .sparsegpt import SparseGPT, sparsegpt_prune
+from .symbolic import SymbolicPruner
 
 __all__ = [name for name in dir() if not name.startswith("_")]

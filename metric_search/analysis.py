@@ -11,6 +11,13 @@ candidates (invalid and failed ones are counted, then excluded):
 * the top metrics, the known baselines if they were evaluated, and "principles": sentences generated from
   these numbers.
 
+With multi-fidelity search, a candidate stopped early (status ``raced`` or ``halved``) carries a perplexity
+estimated on fewer windows. Such candidates are bad by construction, so leaving them out would cut the
+worse end off every correlation: by default they take part in the correlations, attribution and X/G groups
+with their partial estimate (``partial=False`` leaves them out), never in the top metrics, the Pareto front,
+the baseline ranks or the best-so-far curve, which use complete evaluations (``ok``) only. Candidates skipped
+by the proxy gate (``gated``) have no perplexity and are only counted.
+
 Perplexities span orders of magnitude, so everything uses log-perplexity or ranks: a Spearman or Kendall
 coefficient is the same on perplexity and on its log; means are geometric (``exp(mean(log ppl))``).
 Numbers are computed here; :mod:`metric_search.report` turns them into markdown and plots.
@@ -36,13 +43,21 @@ def _gx_group(leaves: set) -> str:
     return GROUPS[("X" in leaves) + 2 * ("G" in leaves)]
 
 
-def load_candidates(run_dir: str | Path) -> dict:
+PARTIAL = ("raced", "halved")  # stopped early, with a perplexity estimated on fewer windows
+
+
+def load_candidates(run_dir: str | Path, partial: bool = True) -> dict:
     """Every record of a run, split into valid (with features) and excluded.
 
+    Args:
+        run_dir: ``runs/<id>``.
+        partial: Count ``raced``/``halved`` candidates (partial-fidelity perplexity) as valid.
+
     Returns:
-        ``{"run_dir", "run_id", "config", "records", "valid", "invalid", "unparsed", "logbook", "tests"}``;
-        each valid candidate is a dict with ``expression, fitness, log_ppl, size, height, iteration, leaves,
-        ops, rank_key, canonical_key, mask_hash, cached``.
+        ``{"run_dir", "run_id", "config", "records", "valid", "invalid", "skipped", "unparsed", "logbook",
+        "tests"}``; each valid candidate is a dict with ``expression, fitness, log_ppl, size, height,
+        iteration, leaves, ops, rank_key, canonical_key, mask_hash, cached, partial, fidelity``. ``skipped``
+        holds gated candidates (and partial ones when ``partial=False``).
 
     Raises:
         MetricError: If ``run_dir`` has no ``evaluations.jsonl``.
@@ -57,10 +72,14 @@ def load_candidates(run_dir: str | Path) -> dict:
     store = RunStore(path)
     records = store.evaluations()
     config = json.loads((path / CONFIG).read_text()) if (path / CONFIG).is_file() else {}
-    valid, invalid, unparsed = [], [], []
+    valid, invalid, skipped, unparsed = [], [], [], []
     for order, r in enumerate(records):
-        fitness = r.get("fitness")
-        if r.get("status") != "ok" or not isinstance(fitness, (int, float)) or not 0 < fitness < math.inf:
+        fitness, status = r.get("fitness"), r.get("status")
+        usable = isinstance(fitness, (int, float)) and 0 < fitness < math.inf
+        if status == "gated" or (status in PARTIAL and not (partial and usable)):
+            skipped.append(r)
+            continue
+        if status not in ("ok",) + PARTIAL or not usable:
             invalid.append(r)
             continue
         try:
@@ -74,7 +93,8 @@ def load_candidates(run_dir: str | Path) -> dict:
             "iteration": int(r.get("iteration") or 0), "order": order,
             "leaves": set(leaves_used(tree)), "ops": {n.name for n in tree if isinstance(n, gp.Primitive)},
             "rank_key": r.get("rank_key", ""), "canonical_key": r.get("canonical_key", ""),
-            "mask_hash": r.get("mask_hash"), "cached": bool(r.get("cached")),
+            "mask_hash": r.get("mask_hash"), "cached": bool(r.get("cached")), "partial": status != "ok",
+            "fidelity": r.get("fidelity", len(r.get("window_nll") or [])),
         })
     tests = {}
     try:
@@ -83,7 +103,8 @@ def load_candidates(run_dir: str | Path) -> dict:
     except MetricError:
         pass
     return {"run_dir": str(path), "run_id": path.resolve().name, "config": config, "records": records,
-            "valid": valid, "invalid": invalid, "unparsed": unparsed, "logbook": store.read_table(LOGBOOK),
+            "valid": valid, "invalid": invalid, "skipped": skipped, "unparsed": unparsed,
+            "logbook": store.read_table(LOGBOOK),
             "tests": tests}
 
 
@@ -154,7 +175,8 @@ def attribution(valid: list[dict], top: int = 10) -> list[dict]:
     if not valid:
         return []
     y = np.array([c["log_ppl"] for c in valid])
-    best = set(np.argsort(y, kind="stable")[:top].tolist())
+    # the top set is ranked among complete evaluations, as the hall of fame is
+    best = set([i for i in np.argsort(y, kind="stable").tolist() if not valid[i].get("partial")][:top])
     rows = []
     for name, x in feature_columns(valid).items():
         if name in ("size", "height"):
@@ -232,7 +254,7 @@ def baselines(valid: list[dict]) -> list[dict]:
 def progress(data: dict) -> dict:
     """Per iteration: the best fitness so far (evaluations) and the population median (logbook)."""
     by_iter: dict[int, list[float]] = {}
-    for c in data["valid"]:
+    for c in (c for c in data["valid"] if not c["partial"]):  # complete evaluations only
         by_iter.setdefault(c["iteration"], []).append(c["fitness"])
     iters = sorted(by_iter)
     best, running = [], math.inf
@@ -261,17 +283,22 @@ def progress(data: dict) -> dict:
 def summarize(data: dict, top: int = 10) -> dict:
     """Every table of the report, as plain data (also saved as ``summary.json``)."""
     valid = data["valid"]
+    full = [c for c in valid if not c["partial"]]  # the ranking tables use complete evaluations only
+    statuses: dict[str, int] = {}
+    for r in data["records"]:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
     reasons: dict[str, int] = {}
     for r in data["invalid"]:
         reason = (r.get("reason") or r.get("status") or "?").split(" in model.")[0].split(":")[0][:60]
         reasons[reason] = reasons.get(reason, 0) + 1
     return {
-        "run_id": data["run_id"], "n_records": len(data["records"]), "n_valid": len(valid),
+        "run_id": data["run_id"], "n_records": len(data["records"]), "n_valid": len(valid), "n_full": len(full),
+        "n_partial": len(valid) - len(full), "n_skipped": len(data["skipped"]), "statuses": statuses,
         "n_invalid": len(data["invalid"]), "n_unparsed": len(data["unparsed"]),
         "n_mask_duplicates": sum(c["cached"] for c in valid), "invalid_reasons": reasons,
         "correlations": correlations(valid), "attribution": attribution(valid, top),
-        "pareto": [_public(c) for c in pareto_front(valid)], "top": [_public(c) for c in top_metrics(valid, top)],
-        "gx": gx_groups(valid), "baselines": baselines(valid), "progress": progress(data),
+        "pareto": [_public(c) for c in pareto_front(full)], "top": [_public(c) for c in top_metrics(full, top)],
+        "gx": gx_groups(valid), "baselines": baselines(full), "progress": progress(data),
         "tests": data["tests"],
     }
 
@@ -294,8 +321,16 @@ def principles(s: dict) -> list[str]:
     common = max(s["invalid_reasons"].items(), key=lambda kv: kv[1])[0] if s["invalid_reasons"] else None
     out.append(f"{bad} of {n} evaluated candidates ({100 * bad / n:.0f}%) were invalid or failed"
                + (f" (most often: {common})" if common else "") + "; they are excluded from every statistic.")
+    if s["n_partial"]:
+        out.append(f"{s['n_partial']} candidates were stopped early (racing or successive halving); their "
+                   "partial-fidelity perplexity counts in the correlations and attribution, not in the rankings.")
+    if s["n_skipped"]:
+        out.append(f"{s['n_skipped']} candidates have no usable perplexity (proxy gate, or partial ones left out) "
+                   "and are only counted.")
     if s["n_valid"] < 3:
         return out + [f"Only {s['n_valid']} valid candidate(s): too few for correlations."]
+    if not s["top"]:
+        return out + ["No candidate was evaluated on every fitness window: nothing to rank."]
     corr = {r["feature"]: r for r in s["correlations"]}
     for feat, word in (("size", "Larger trees"), ("height", "Deeper trees")):
         r = corr.get(feat)
@@ -341,7 +376,7 @@ def principles(s: dict) -> list[str]:
     for b in s["baselines"]:
         gain = 100 * (1 - best / b["fitness"])
         out.append(f"The best metric's fitness {best:.4g} is {abs(gain):.1f}% {'below' if gain >= 0 else 'above'} "
-                   f"{b['name']} ({b['fitness']:.4g}, rank {b['rank']} of {s['n_valid']}).")
+                   f"{b['name']} ({b['fitness']:.4g}, rank {b['rank']} of {s['n_full']}).")
     prog = s["progress"]
     if prog["best_found_at"] is not None:
         still = prog["last_big_improvement"] is not None and prog["last_iteration"] and \
@@ -353,7 +388,7 @@ def principles(s: dict) -> list[str]:
 
 
 def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, top: int = 10, plots: bool = True,
-                reevaluation: dict | None = None) -> dict:
+                reevaluation: dict | None = None, partial: bool = True) -> dict:
     """Analyse one run: writes ``report.md``, CSV tables, ``summary.json`` and PNG plots.
 
     Args:
@@ -362,6 +397,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, top: int
         top: How many top metrics to list (and to measure enrichment on).
         plots: Write the PNG plots (needs matplotlib, the ``plot`` extra).
         reevaluation: Result of :func:`metric_search.reevaluate.reevaluate`, reported in its own section.
+        partial: Let early-stopped (``raced``/``halved``) candidates into the correlations and attribution.
 
     Returns:
         The summary dict, with ``"principles"``, ``"files"`` (written paths) and ``"out_dir"``.
@@ -371,11 +407,14 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, top: int
     """
     from .report import write_run_report
 
-    data = load_candidates(run_dir)
+    data = load_candidates(run_dir, partial)
     summary = summarize(data, top)
     summary["principles"] = principles(summary)
     if reevaluation:
+        from .reevaluate import reevaluation_sentence
+
         summary["reevaluation"] = reevaluation
+        summary["principles"].append(reevaluation_sentence(reevaluation))
     out = Path(out_dir) if out_dir else Path(run_dir) / "analysis"
     summary["files"] = write_run_report(summary, data, out, plots)
     summary["out_dir"] = str(out)

@@ -134,7 +134,8 @@ def cmd_analyze(args) -> int:
     if args.compare:
         from .compare import compare_runs
 
-        result = compare_runs(args.run_dirs, args.output, args.top, plots=not args.no_plots)
+        result = compare_runs(args.run_dirs, args.output, args.top, plots=not args.no_plots,
+                              partial=not args.full_only)
         print("\n".join(f"- {s}" for s in result["sentences"]))
         print(f"report: {result['files'][0]}")
         return 0
@@ -155,7 +156,7 @@ def cmd_analyze(args) -> int:
                                   sparsity=args.sparsity, structure=args.structure, split=args.split,
                                   windows=args.windows, seqlen=args.seqlen, device=args.device)
     summary = analyze_run(args.run_dirs[0], args.output, args.top, plots=not args.no_plots,
-                          reevaluation=reevaluation)
+                          reevaluation=reevaluation, partial=not args.full_only)
     print("\n".join(f"- {p}" for p in summary["principles"]))
     print(f"report: {summary['files']['report']}")
     return 0
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "with --compare runs/<first>/analysis/compare)")
     p.add_argument("--top", type=int, default=10, help="how many top metrics to list and compare (default: 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--full-only", action="store_true", help="leave candidates stopped early (raced, halved) out of "
+                                                            "the correlations too")
     g = p.add_argument_group("re-evaluation (optional, loads the model)")
     g.add_argument("--reevaluate", action="store_true", help="prune the hall of fame again under another protocol "
                                                              "and correlate with the search fitness")

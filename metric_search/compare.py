@@ -46,6 +46,7 @@ def compare_pair(a: dict, b: dict, top: int = 10) -> dict:
     invalid_b = {r.get("rank_key") for r in b["invalid"]}
     invalid_a = {r.get("rank_key") for r in a["invalid"]}
     out = {"a": a["run_id"], "b": b["run_id"], "n_a": len(fa), "n_b": len(fb), "n_shared": len(shared),
+           "n_b_full": sum(not c["partial"] for c in fb.values()),
            "valid_a_invalid_b": len(set(fa) & invalid_b), "valid_b_invalid_a": len(set(fb) & invalid_a),
            "spearman_rho": math.nan, "spearman_p": math.nan, "kendall_tau": math.nan, "kendall_p": math.nan,
            "shared": [{"rank_key": k, "expression": fa[k]["expression"], "fitness_a": fa[k]["fitness"],
@@ -58,11 +59,14 @@ def compare_pair(a: dict, b: dict, top: int = 10) -> dict:
             rho, p_rho = st.spearmanr(x, y)
             tau, p_tau = st.kendalltau(x, y)
         out.update(spearman_rho=float(rho), spearman_p=float(p_rho), kendall_tau=float(tau), kendall_p=float(p_tau))
-    rank_b = {k: i + 1 for i, k in enumerate(sorted(fb, key=lambda k: fb[k]["fitness"]))}
-    top_a = sorted(fa, key=lambda k: fa[k]["fitness"])[:top]
-    top_b = set(sorted(fb, key=lambda k: fb[k]["fitness"])[:top])
+    # rankings use complete evaluations only (a partial estimate is not a rank); correlations use all
+    full_a = sorted((k for k in fa if not fa[k]["partial"]), key=lambda k: fa[k]["fitness"])
+    full_b = sorted((k for k in fb if not fb[k]["partial"]), key=lambda k: fb[k]["fitness"])
+    rank_b = {k: i + 1 for i, k in enumerate(full_b)}
+    top_a, top_b = full_a[:top], set(full_b[:top])
     found = [{"rank_a": i + 1, "expression": fa[k]["expression"], "rank_b": rank_b.get(k),
-              "percentile_b": round(100 * rank_b[k] / len(fb), 1) if k in rank_b else math.nan} for i, k in enumerate(top_a)]
+              "percentile_b": round(100 * rank_b[k] / len(full_b), 1) if k in rank_b else math.nan}
+             for i, k in enumerate(top_a)]
     out.update(top=found, top_overlap=len(set(top_a) & top_b), top_k=len(top_a),
                top_found_in_b=sum(f["rank_b"] is not None for f in found))
     return out
@@ -88,7 +92,8 @@ def _sentences(pair: dict, diffs: dict) -> list[str]:
                    f"of {b}).")
     best = pair["top"][0] if pair["top"] else None
     if best and best["rank_b"] is not None:
-        out.append(f"The best metric of {a} ({best['expression']}) ranks {best['rank_b']} of {pair['n_b']} in {b}.")
+        out.append(f"The best metric of {a} ({best['expression']}) ranks {best['rank_b']} of {pair['n_b_full']} "
+                   f"in {b}.")
     if pair["valid_a_invalid_b"]:
         out.append(f"{pair['valid_a_invalid_b']} candidates valid in {a} were invalid in {b}.")
     if diffs:
@@ -116,7 +121,7 @@ def _plot_pair(pair: dict, path: Path) -> Path:
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, top: int = 10,
-                 plots: bool = True) -> dict:
+                 plots: bool = True, partial: bool = True) -> dict:
     """Compare every pair of runs; write ``compare.md``, ``compare.json`` and one scatter plot per pair.
 
     Args:
@@ -124,6 +129,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         out_dir: Output folder (default ``<first run>/analysis/compare``).
         top: Size of the "top metrics" sets compared.
         plots: Write PNG scatter plots (needs matplotlib).
+        partial: Also match candidates stopped early (``raced``/``halved``) with their partial estimates.
 
     Returns:
         ``{"runs", "pairs", "sentences", "files", "out_dir"}``.
@@ -133,7 +139,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     """
     if len(run_dirs) < 2:
         raise MetricError("--compare needs at least two run directories")
-    datas = [load_candidates(d) for d in run_dirs]
+    datas = [load_candidates(d, partial) for d in run_dirs]
     out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "analysis" / "compare"
     out.mkdir(parents=True, exist_ok=True)
     pairs, sentences, figures = [], [], []
@@ -148,9 +154,11 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         if plots and pairs[-2]["n_shared"]:
             figures.append(_plot_pair(pairs[-2], out / f"compare_{i + 1}_{j + 1}.png").name)
     md = ["# Comparison of runs\n",
-          "".join(f"{k + 1}. `{d['run_id']}` ({d['run_dir']}): {len(d['valid'])} valid of {len(d['records'])} evaluated "
-                  f"({len(d['invalid']) + len(d['unparsed'])} invalid or failed, excluded)\n" for k, d in enumerate(datas)),
-          "Candidates are matched by rank key; correlations use log-perplexity over the candidates valid in both runs.\n",
+          "".join(f"{k + 1}. `{d['run_id']}` ({d['run_dir']}): {len(d['valid'])} valid of {len(d['records'])} "
+                  f"evaluated ({len(d['invalid']) + len(d['unparsed'])} invalid or failed, excluded)\n"
+                  for k, d in enumerate(datas)),
+          "Candidates are matched by rank key; correlations use log-perplexity over the candidates valid in both "
+          "runs.\n",
           "## Findings\n", "".join(f"- {s}\n" for s in sentences),
           "## Rank correlation of shared candidates\n",
           table(pairs[::2],  # correlations are symmetric: one row per pair of runs

@@ -46,14 +46,16 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------- standalone torch code
-def _helpers(op_names: list[str]) -> tuple[dict[str, float], list[str]]:
-    """Constants and function sources of ``primitives.ops_torch`` that the operators need (transitively)."""
+def _helpers(op_names: list[str]) -> tuple[dict[str, float], list[str], list[str]]:
+    """Constants, function sources and module imports of ``primitives.ops_torch`` that the operators need
+    (transitively)."""
     from primitives import OPERATORS
     from primitives import ops_torch as T
 
     namespace = vars(T)
     constants: dict[str, float] = {}
     functions: dict[str, object] = {}
+    modules: dict[str, str] = {}
     todo = []
     for name in op_names:
         op = OPERATORS[name]
@@ -65,15 +67,23 @@ def _helpers(op_names: list[str]) -> tuple[dict[str, float], list[str]]:
         if fn.__name__ in functions:
             continue
         functions[fn.__name__] = fn
-        # ast Names (not attributes) are the globals and locals the body reads: module-level ones are needed
-        for node in ast.walk(ast.parse(inspect.getsource(fn))):
+        # ast Names (not attributes) in the body are the globals and locals it reads: module-level ones are
+        # needed. Annotations are skipped: the generated module never evaluates them (postponed annotations).
+        definition = ast.parse(inspect.getsource(fn)).body[0]
+        for node in (n for stmt in definition.body for n in ast.walk(stmt)):
             ref = namespace.get(node.id) if isinstance(node, ast.Name) else None
             if inspect.isfunction(ref) and ref.__module__ == T.__name__:
                 todo.append(ref)
             elif isinstance(ref, (int, float)) and not isinstance(ref, bool):
                 constants[node.id] = ref
+            elif inspect.ismodule(ref) and node.id != "torch":  # e.g. math
+                modules[node.id] = ref.__name__
+            elif ref is not None and not inspect.ismodule(ref):
+                raise MetricError(f"operator helper {fn.__name__} reads {node.id!r}, which the standalone .py "
+                                  "cannot reproduce")
     ordered = sorted(functions.values(), key=lambda f: f.__code__.co_firstlineno)
-    return constants, [inspect.getsource(f).rstrip() for f in ordered]
+    imports = [f"import {m}" if m == alias else f"import {m} as {alias}" for alias, m in sorted(modules.items())]
+    return constants, [inspect.getsource(f).rstrip() for f in ordered], imports
 
 
 def _statements(tree) -> tuple[list[str], str, list[str]]:
@@ -138,7 +148,7 @@ def standalone_source(tree, info: dict | None = None) -> str:
 
     tree = parse(tree) if isinstance(tree, str) else tree
     lines, result, ops = _statements(tree)
-    constants, sources = _helpers(ops)
+    constants, sources, imports = _helpers(ops)
     used = leaves_used(tree)
     params = ["W"] + [f"{leaf}=None" for leaf in LEAVES if leaf in used and leaf != "W"]
     passed = ", ".join(f"{leaf!r}: {leaf}" for leaf in ["W"] + [x for x in used if x != "W"])
@@ -154,7 +164,8 @@ def standalone_source(tree, info: dict | None = None) -> str:
             "activation norm (1, in), G the per-weight gradient norm (out, in). Every operator is total\n"
             "(finite in, finite out): the helpers below are copied from the engine's torch implementations.\n"
             '"""\n')
-    parts = [head, "import torch\n", f"EXPRESSION = {to_string(tree)!r}", f"LEAVES = {tuple(used)!r}",
+    parts = [head, "\n".join(["from __future__ import annotations\n"] + imports + ["import torch"]) + "\n",
+             f"EXPRESSION = {to_string(tree)!r}", f"LEAVES = {tuple(used)!r}",
              f"NEEDS = {tuple(x for x in used if x != 'W')!r}  # statistics besides the weight"]
     parts += [f"{k} = {v!r}" for k, v in sorted(constants.items())]
     parts += ["\n"] + [s + "\n\n" for s in sources] + [_PREPARE.strip() + "\n\n"]
@@ -293,6 +304,8 @@ def export_run(run_dir: str | Path, index: str | int = "best", formats=FORMATS,
     text = str(index).strip().lower()
     if text == "all":
         wanted = [(f"rank{r['rank']}", r["rank"]) for r in hall_of_fame(run_dir)]
+        if not wanted:
+            raise MetricError(f"{run_dir} has no valid evaluated metric yet (empty hall of fame)")
     else:
         wanted = [("best" if p.strip().lower() == "best" else f"rank{parse_index(p)}", p.strip())
                   for p in text.split(",") if p.strip()]

@@ -15,7 +15,7 @@ from pathlib import Path
 from scipy import stats as st
 
 from .metrics import MetricError, hall_of_fame
-from .report import _pv, table
+from .report import table
 
 
 def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, sparsity: float | None = None,
@@ -92,15 +92,25 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     return out
 
 
+def reevaluation_sentence(r: dict) -> str:
+    """One sentence with the correlation between search fitness and re-evaluated perplexity."""
+    from .analysis import _p
+
+    rho = r["spearman_rho"]
+    if rho != rho:
+        return f"Too few metrics ({len(r['rows'])}) or tied values for a rank correlation with the re-evaluation."
+    p = r["protocol"]
+    return (f"Search fitness vs {p['mode']} re-evaluation on {p['perplexity'].get('split')} over the top "
+            f"{len(r['rows'])} metrics: Spearman ρ = {rho:+.2f} ({_p(r['spearman_p'])}), Kendall τ = "
+            f"{r['kendall_tau']:+.2f} ({_p(r['kendall_p'])}).")
+
+
 def reevaluation_markdown(r: dict) -> str:
     """The report section for a :func:`reevaluate` result."""
     p = r["protocol"]
     q = p["perplexity"]
     rho = r["spearman_rho"]
-    verdict = (f"Spearman ρ = {rho:+.2f} (p {_pv(r['spearman_p'])}), Kendall τ = {r['kendall_tau']:+.2f} "
-               f"(p {_pv(r['kendall_p'])}) between search fitness and re-evaluated perplexity over "
-               f"{len(r['rows'])} metrics" if rho == rho else
-               f"Too few metrics ({len(r['rows'])}) or tied values for a rank correlation")
+    verdict = reevaluation_sentence(r).rstrip(".")
     return (f"\n## Re-evaluation under another protocol\n\n"
             f"The first {len(r['rows'])} hall-of-fame metrics pruned again: {p['mode']}, sparsity {p['sparsity']:g} "
             f"({p['structure']}), perplexity on {q.get('n_windows')} × {q.get('seqlen')}-token windows of "

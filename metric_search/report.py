@@ -69,8 +69,13 @@ def plot_fitness(s: dict, data: dict, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     v = data["valid"]
-    ax.scatter([c["iteration"] for c in v], [c["fitness"] for c in v], s=8, alpha=0.35, color="grey",
-               label=f"evaluated candidates ({len(v)} valid)")
+    full = [c for c in v if not c["partial"]]
+    part = [c for c in v if c["partial"]]
+    ax.scatter([c["iteration"] for c in full], [c["fitness"] for c in full], s=8, alpha=0.35, color="grey",
+               label=f"complete evaluations ({len(full)})")
+    if part:
+        ax.scatter([c["iteration"] for c in part], [c["fitness"] for c in part], s=8, alpha=0.35, color="grey",
+                   marker="x", label=f"stopped early, partial estimate ({len(part)})")
     prog = s["progress"]
     if prog["iterations"]:
         ax.step(prog["iterations"], prog["best_so_far"], where="post", color="C0", lw=2, label="best so far")
@@ -87,7 +92,7 @@ def plot_fitness(s: dict, data: dict, path: Path) -> Path:
 def plot_pareto(s: dict, data: dict, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    v = data["valid"]
+    v = [c for c in data["valid"] if not c["partial"]]
     rng = np.random.default_rng(0)  # jitter so that equal sizes do not hide each other
     ax.scatter([c["size"] + rng.uniform(-0.15, 0.15) for c in v], [c["fitness"] for c in v], s=8, alpha=0.35,
                color="grey", label="candidates")
@@ -149,7 +154,8 @@ def _protocol(config: dict) -> str:
     if not config:
         return "unknown (no config.json)"
     return (f"model `{config.get('model')}`, sparsity {config.get('sparsity')} ({config.get('structure')}), one-shot; "
-            f"fitness = perplexity on {config.get('fitness_windows')} × {config.get('fitness_seqlen')}-token windows of "
+            f"fitness = perplexity on {config.get('fitness_windows')} × {config.get('fitness_seqlen')}-token windows "
+            f"of "
             f"`{config.get('data')}` valid (fitness region); statistics from {config.get('nsamples')} × "
             f"{config.get('calib_seqlen')}-token calibration windows, G = {config.get('grad_norm', 'l2')}")
 
@@ -160,9 +166,11 @@ def write_run_report(s: dict, data: dict, out: Path, plots: bool = True) -> dict
     files: dict[str, str] = {}
     figures: dict[str, str] = {}
     if plots and s["n_valid"]:
-        for name, fn in (("fitness", lambda p: plot_fitness(s, data, p)), ("pareto", lambda p: plot_pareto(s, data, p)),
+        for name, fn in (("fitness", lambda p: plot_fitness(s, data, p)),
+                         ("pareto", lambda p: plot_pareto(s, data, p)),
                          ("correlations", lambda p: plot_correlations(s, p)),
-                         ("attribution", lambda p: plot_attribution(s, p)), ("groups", lambda p: plot_groups(s, data, p))):
+                         ("attribution", lambda p: plot_attribution(s, p)),
+                         ("groups", lambda p: plot_groups(s, data, p))):
             if name in ("correlations", "attribution") and not s[name]:
                 continue
             figures[name] = fn(out / f"{name}.png").name
@@ -185,12 +193,19 @@ def write_run_report(s: dict, data: dict, out: Path, plots: bool = True) -> dict
     md = [f"# Analysis of run `{s['run_id']}`\n",
           f"Protocol: {_protocol(data['config'])}.\n",
           f"**{s['n_records']} evaluated candidates: {s['n_valid']} valid, {s['n_invalid']} invalid or failed"
-          + (f" ({reasons})" if reasons else "") + (f", {s['n_unparsed']} no longer parseable" if s["n_unparsed"] else "")
+          + (f" ({reasons})" if reasons else "")
+          + (f", {s['n_unparsed']} no longer parseable" if s["n_unparsed"] else "")
+          + (f", {s['n_skipped']} without usable perplexity (proxy gate)" if s["n_skipped"] else "")
           + f".** Invalid candidates are excluded from everything below. {s['n_mask_duplicates']} valid candidates "
-            "share their mask with an earlier one (same pruned model, same fitness) and are kept as distinct trees.\n",
+            "share their mask with an earlier one (same pruned model, same fitness) and are kept as distinct trees."
+          + (f" {s['n_partial']} valid candidates were stopped early by racing or successive halving: their "
+             "perplexity is a partial-fidelity estimate, used in the correlations, attribution and X/G groups but "
+             "not in the top metrics, Pareto front or best-so-far curve." if s["n_partial"] else "")
+          + f" Statuses: {', '.join(f'{k} {v}' for k, v in sorted(s['statuses'].items()))}.\n",
           "## Principles\n", "Generated from the tables below (significance: Holm-adjusted p < 0.05):\n",
           "".join(f"- {p}\n" for p in s["principles"]),
-          f"\n## Top metrics\n\nThe {len(top)} best valid candidates by fitness, one per distinct mask; `test ppl` is the "
+          f"\n## Top metrics\n\nThe {len(top)} best valid candidates by fitness, one per distinct mask; "
+          "`test ppl` is the "
           "test-split perplexity the search measured at its end (`final.json`, only the first `test_top_k` "
           "hall-of-fame entries); it was never used for selection.\n\n",
           table(_code(top), [("rank", "#"), ("fitness", "fitness ppl"), ("test", "test ppl"), ("size", "size"),
