@@ -1,6 +1,6 @@
 """Robustness, deduplication and speed of the primitives package.
 
-    python benchmarks/primitives.py [--trees 10000] [--seed 0] [--threads 1]
+    python benchmarks/search_space.py [--trees 10000] [--seed 0] [--threads 1]
 
 1. Draws random trees (DEAP ``genHalfAndHalf``, height 1..6, every registered operator, leaves W, X, G),
    compiles each one and runs it on four input sets (64×48, X of shape 1×48): well-conditioned, mixed
