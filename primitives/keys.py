@@ -129,7 +129,19 @@ def _log_of(f: sp.Expr) -> sp.Expr:
     if f.is_Pow:
         base, ex = f.as_base_exp()
         return ex * _log_of(base if is_nonneg_real(base) else abs_real(base))
+    if f.is_Add:
+        pulled = sp.factor_terms(f)  # 1/2 + y/2 → (1 + y)/2: the constant factor becomes a log term
+        if pulled.is_Mul:
+            return _log_of(pulled)
     return sp.log(f)
+
+
+def _split_logs(e: sp.Expr) -> sp.Expr:
+    """Rewrite every log of a nonnegative expression with :func:`_log_of` (SymPy's ``expand_log`` only
+    does this for arguments it can prove positive)."""
+    if not e.has(sp.log):
+        return e
+    return e.replace(sp.log, lambda a: _log_of(a) if is_nonneg_real(a) else sp.log(a))
 
 
 def strip_monotone(e: sp.Expr) -> tuple[int, sp.Expr]:
@@ -238,7 +250,7 @@ def rank_core(e: sp.Expr) -> tuple[int, sp.Expr]:
         seen.add(e)
         s, e = _strip_rewriting(e)
         sign *= s
-        e = _clean_abs(_expand(e))
+        e = _split_logs(_clean_abs(_expand(e)))
     return sign, e
 
 
@@ -261,7 +273,7 @@ def _rank(node: Node, version: int) -> str:
     twin = node_to_sympy(simplified)
     if _degenerate(twin):
         return "tree:" + node_string(simplified)
-    sign, core = rank_core(_clean_abs(twin))
+    sign, core = rank_core(_split_logs(_clean_abs(twin)))
     text = sp.sstr(_as_product(core), order=None)
     return text if sign > 0 or text == "0" else f"-({text})"
 

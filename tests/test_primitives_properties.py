@@ -54,11 +54,13 @@ def extreme_inputs(seed: int, out: int = 12, inn: int = 16) -> list[tuple[torch.
 
 
 def well_conditioned(seed: int, dtype=torch.float64, out: int = 12, inn: int = 24) -> tuple[torch.Tensor, ...]:
-    """|W| in [0.1, 1.6] with random signs, X in [0.5, 2], G in [0.1, 1]: no zeros, no guard ever acts."""
+    """|W| in [0.1, 1.6] with random signs, X in [0.5, 2], G in [0.1, 1]: no zeros in the leaves (guards can
+    still act inside a tree, e.g. on sub(W, W); see :func:`guards_quiet`)."""
     g = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, (out, inn), generator=g) * 2.0 - 1
     W = (torch.rand(out, inn, generator=g, dtype=dtype) * 1.5 + 0.1) * sign.to(dtype)
-    return W, torch.rand(1, inn, generator=g, dtype=dtype) * 1.5 + 0.5, torch.rand(out, inn, generator=g, dtype=dtype) * 0.9 + 0.1
+    X = torch.rand(1, inn, generator=g, dtype=dtype) * 1.5 + 0.5
+    return W, X, torch.rand(out, inn, generator=g, dtype=dtype) * 0.9 + 0.1
 
 
 def guards_quiet(tree, W, X, G) -> bool:
