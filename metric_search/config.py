@@ -51,6 +51,7 @@ class SearchConfig:
     tournament_size: int = 3
     crossover_prob: float = 0.5  # generational; steady always crosses over
     mutation_prob: float = 0.5
+    subtree_mutation: float = 0.5  # share of mutations that grow a new subtree instead of replacing a node
     offspring: int = 50  # generational: lambda
     max_regenerate: int = 20  # tries to produce a child unlike its parents and the population
     seed: int = 0
@@ -94,7 +95,7 @@ class SearchConfig:
         for key in ("iterations", "hall_of_fame", "test_top_k", "test_windows", "max_seconds", "race_z"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be ≥ 0, got {getattr(self, key)}")
-        for key in ("crossover_prob", "mutation_prob"):
+        for key in ("crossover_prob", "mutation_prob", "subtree_mutation"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         if not 1 <= self.init_min_height <= self.init_max_height <= self.max_height:
