@@ -79,28 +79,29 @@ def regional_gradients(block, inputs: BlockInputs) -> tuple[dict[str, dict[str, 
             loss = out.float().flatten(1).norm(dim=1).sum()  # Σ_n ‖f(x_n)‖: window n's gradient is its own
             calls = [(name, pair) for name, pairs in seen.items() for pair in pairs]
             deltas = torch.autograd.grad(loss, [pair[1] for _, pair in calls])
-        per_window: dict[str, torch.Tensor] = {}
+        grouped: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for (name, (xin, _)), delta in zip(calls, deltas):
-            g = torch.bmm(delta.reshape(batch, -1, delta.shape[-1]).float().transpose(1, 2),
-                          xin.reshape(batch, -1, xin.shape[-1]).float())  # (batch, out, in): δ_nᵀ x_n
-            per_window[name] = per_window[name].add_(g) if name in per_window else g
-        for name, g in per_window.items():
-            # fused reductions over the windows: on a memory-bound CPU, abs/square temporaries of the
-            # (batch, out, in) tensor would cost more than the matrix products themselves
-            l1 = torch.linalg.vector_norm(g, 1, dim=0)
-            l2 = torch.linalg.vector_norm(g, 2, dim=0)
-            if name in sums:
-                sums[name][0].add_(l1)
-                sums[name][1].addcmul_(l2, l2)
-            else:
-                sums[name] = [l1, l2.square_()]
+            grouped.setdefault(name, []).append((delta.reshape(batch, -1, delta.shape[-1]).float(),
+                                                 xin.reshape(batch, -1, xin.shape[-1]).float()))
+        for name, pairs in grouped.items():
+            for n in range(batch):
+                # one contiguous (out, in) product per window, accumulated in place: a (batch, out, in)
+                # tensor reduced over its first dim costs twice the block's backward on a memory-bound CPU
+                g = pairs[0][0][n].T @ pairs[0][1][n]  # δ_nᵀ x_n
+                for d, x in pairs[1:]:  # a Linear called twice in one forward
+                    g.addmm_(d[n].T, x[n])
+                if name in sums:
+                    sums[name][1].addcmul_(g, g)
+                    sums[name][0].add_(g.abs_())
+                else:
+                    sums[name] = [g.abs(), g.square()]
         outputs.append(out.detach())
         n_windows += batch
     norms = {n: {"l1": s1.div_(n_windows), "l2": s2.div_(n_windows).sqrt_()} for n, (s1, s2) in sums.items()}
     return norms, outputs
 
 
-def regional_gradient_norms(model, windows: torch.Tensor, batch_size: int = 4,
+def regional_gradient_norms(model, windows: torch.Tensor, batch_size: int = 2,
                             progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """``{"l1": {layer: R}, "l2": {layer: R}}`` for every prunable Linear of the dense model, one block at a time."""
     blocks = decoder_blocks(model)
