@@ -408,7 +408,3 @@ def wanda_plus_plus(ro: bool = True, alpha: float = 100.0, grad_norm: str = "l2"
         return rgs
     return RegionalOptimised(rgs, rounds=rounds, samples=samples, lr=lr, name="wanda++")
 
-
-__all__ = ["BlockStep", "BlockwisePruner", "RGS", "RegionalOptimised", "block_outputs", "hessian_hooks",
-           "mask_block", "prune_blockwise", "reconstruction_error", "regional_gradient_norms", "regional_gradients",
-           "regional_optimisation", "wanda_plus_plus"]

@@ -81,7 +81,7 @@ def cmd_prune(args) -> int:
     recipe = {"model": args.model, "pruner": pruner.describe(), **report.to_dict(),
               "seconds_total": time.perf_counter() - t0}
     save_pruned(model, tokenizer, out, recipe)
-    print(f"pruned {args.model} with {pruner.name} ({report.structure}, sequential={args.sequential}): "
+    print(f"pruned {args.model} with {pruner.name} ({report.structure}, sequential={report.sequential}): "
           f"achieved sparsity {report.overall_sparsity:.4f} over {len(report.layer_sparsity)} layers → {out}")
     return 0
 
