@@ -28,7 +28,7 @@ from torch.func import functional_call
 from .apply import checked_scores
 from .masks import MaskError, Structure
 from .pruners import Pruner, Wanda
-from .regional import BlockStep, BlockwisePruner, _output
+from .regional import BlockStep, RankedBlockwisePruner, _output
 
 
 def candidate_rates(step: float = 0.01) -> torch.Tensor:
@@ -75,7 +75,7 @@ def project_counts(rates: list[torch.Tensor], widths: list[int], target: float) 
     return counts
 
 
-class BESA(BlockwisePruner):
+class BESA(RankedBlockwisePruner):
     """BESA's learned allocation over any within-row ranking; target met exactly per block.
 
     Args:
@@ -91,18 +91,10 @@ class BESA(BlockwisePruner):
 
     def __init__(self, score: Pruner | None = None, per_row: bool = False, epochs: int = 2, lr: float = 0.05,
                  beta: float = 1.0, rate_step: float = 0.01, samples: int | None = None, batch_size: int = 1):
-        self.ranking = score if score is not None else Wanda()
+        super().__init__(score if score is not None else Wanda())
         self.per_row, self.epochs, self.lr, self.beta = per_row, epochs, lr, beta
         self.rate_step, self.samples, self.batch_size = rate_step, samples, batch_size
         self.name = "besa" if self.ranking.name == "wanda" else f"besa ({self.ranking.name})"
-        self.grad_norm = getattr(self.ranking, "grad_norm", "l2")
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(self.ranking.needs) + ("Y",)
-
-    def score(self, W, stats):
-        return self.ranking.score(W, stats)
 
     def prune(self, model, calibration=None, sparsity=0.5, structure=Structure(), sequential=False, progress=True):
         if not structure.unstructured:  # refuse before any statistics are computed

@@ -263,6 +263,22 @@ def mask_block(step: BlockStep, pruner: Pruner, weights: dict[str, torch.Tensor]
     return masks
 
 
+class RankedBlockwisePruner(BlockwisePruner):
+    """A block-wise step on top of another pruner's within-row ranking (any score, a discovered metric
+    included): it needs what the ranking needs plus the dense block outputs ``Y``, and scores with it."""
+
+    def __init__(self, ranking: Pruner):
+        self.ranking = ranking
+        self.grad_norm = getattr(ranking, "grad_norm", "l2")
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(self.ranking.needs) + ("Y",)
+
+    def score(self, W, stats):
+        return self.ranking.score(W, stats)
+
+
 class _Sequential(BlockwisePruner):
     """Any score pruner run block-sequentially with ``X`` and ``R`` measured on the current inputs."""
 
@@ -348,7 +364,7 @@ def regional_optimisation(block, inputs: BlockInputs, masks: dict[str, torch.Ten
     return losses
 
 
-class RegionalOptimised(BlockwisePruner):
+class RegionalOptimised(RankedBlockwisePruner):
     """Any score pruner followed by Wanda++'s Regional Optimisation, block by block.
 
     Per block: statistics once on the dense block; then ``rounds`` times: score the current weights, mask,
@@ -361,23 +377,15 @@ class RegionalOptimised(BlockwisePruner):
         samples: windows RO trains on (paper: 32 of 128; default 4 to stay cheap on CPU).
         steps: optimiser steps per round (default: one pass over ``samples``, one step per batch).
         lr: RMSprop learning rate (paper: 3e-7; at this small step budget 3e-7 changes a SmolLM2 block's
-            error by <1%, 1e-4 lowers it by ~25% on held-out windows, see docs/baselines_readme.md).
+            error by <1%, 1e-4 lowers it by ~25% on held-out windows, see the README's block-wise baselines section).
         batch_size: windows per batch for statistics and RO steps.
     """
 
     def __init__(self, score: Pruner | None = None, rounds: int = 5, samples: int = 4, steps: int | None = None,
                  lr: float = 1e-4, batch_size: int = 2, name: str | None = None):
-        self.ranking = score if score is not None else RGS()
+        super().__init__(score if score is not None else RGS())
         self.rounds, self.samples, self.steps, self.lr, self.batch_size = rounds, samples, steps, lr, batch_size
         self.name = name or f"{self.ranking.name}+ro"
-        self.grad_norm = getattr(self.ranking, "grad_norm", "l2")
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(self.ranking.needs) + ("Y",)
-
-    def score(self, W, stats):
-        return self.ranking.score(W, stats)
 
     def prune_block(self, step):
         current = {n: linear.weight.detach().clone() for n, linear in step.linears.items()}

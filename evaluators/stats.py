@@ -181,22 +181,19 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
         for name, x in tensors.items():
             stats[name]["X"] = x.to(device)
         info["cache_hits"] += ["X"] if hit else []
-    if "G" in needs:
-        def compute():
-            norms = gradient_norms(model, windows, progress=progress)
-            return {f"{name}::{kind}": t for kind, d in norms.items() for name, t in d.items()}
-        tensors, hit = _cached("G", model, windows, spec, compute, use_cache)
-        for name in stats:
-            stats[name]["G"] = tensors[f"{name}::{grad_norm}"].to(device)
-        info["cache_hits"] += ["G"] if hit else []
+    gradient_kinds = {"G": gradient_norms}
     if "R" in needs:
         from .regional import regional_gradient_norms  # regional.py imports this module
+        gradient_kinds["R"] = regional_gradient_norms
+    for kind, norms_of in gradient_kinds.items():
+        if kind not in needs:
+            continue
 
-        def compute_regional():
-            norms = regional_gradient_norms(model, windows, progress=progress)
-            return {f"{name}::{kind}": t for kind, d in norms.items() for name, t in d.items()}
-        tensors, hit = _cached("R", model, windows, spec, compute_regional, use_cache)
+        def compute(norms_of=norms_of):
+            norms = norms_of(model, windows, progress=progress)
+            return {f"{name}::{norm}": t for norm, d in norms.items() for name, t in d.items()}
+        tensors, hit = _cached(kind, model, windows, spec, compute, use_cache)
         for name in stats:
-            stats[name]["R"] = tensors[f"{name}::{grad_norm}"].to(device)
-        info["cache_hits"] += ["R"] if hit else []
+            stats[name][kind] = tensors[f"{name}::{grad_norm}"].to(device)
+        info["cache_hits"] += [kind] if hit else []
     return stats, info
