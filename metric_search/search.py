@@ -94,7 +94,7 @@ class MetricSearch:
         if state is None:
             random.seed(cfg.seed)
             population = self._initial_population()
-            self._assign(population, self.pool.evaluate(population, 0, self._options([])))
+            self._assign(population, self._evaluate_initial(population), initial=True)
             population = self._survivors(population)
             iteration = 0
             self._checkpoint(population, iteration)
@@ -128,10 +128,27 @@ class MetricSearch:
             if recon and len(recon) == len(records) and all(v is not None for v in recon):
                 options["gate"] = max(recon)
         worst = records[-1] if records else None
-        if cfg.racing and len(population) >= cfg.population_size and worst and worst["status"] == "ok":
-            reference = worst["window_nll"] or math.log(worst["fitness"])
-            options["race"] = {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
+        if cfg.racing and len(population) >= cfg.population_size and worst and worst["status"] in ("ok", "raced"):
+            options["race"] = self._race_against(worst)
         return options
+
+    def _race_against(self, record: dict) -> dict:
+        cfg = self.config
+        reference = record["window_nll"] or math.log(record["fitness"])
+        return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
+
+    def _evaluate_initial(self, population: list) -> list[dict]:
+        """Records of the initial population. With racing and seed metrics, the seeds are evaluated in
+        full first and every random member is raced against the worst of them."""
+        options = self._options([])
+        seeded = self.seeded
+        if not (self.config.racing and seeded and self.config.mode == "steady"):
+            return self.pool.evaluate(population, 0, options)
+        first = self.pool.evaluate(population[:seeded], 0, options)
+        complete = [r for r in first if r["status"] == "ok"]
+        if complete:
+            options = {**options, "race": self._race_against(max(complete, key=fitness_of))}
+        return first + self.pool.evaluate(population[seeded:], 0, options)
 
     def _initial_population(self) -> list:
         seeds = [individual(parse(KNOWN_METRICS.get(s, s), self.pset)) for s in self.config.seed_metrics]
@@ -140,6 +157,7 @@ class MetricSearch:
             if rank_key(ind) not in keys:
                 population.append(ind)
                 keys.add(rank_key(ind))
+        self.seeded = len(population)
         while len(population) < self.config.population_size:
             ind = self._unique(self.toolbox.individual, keys)
             population.append(ind)
@@ -202,9 +220,13 @@ class MetricSearch:
         return sorted(individuals, key=lambda ind: ind.fitness.values[0])[: self.config.population_size]
 
     @staticmethod
-    def _assign(individuals, records) -> None:
+    def _assign(individuals, records, initial: bool = False) -> None:
+        """Fitness from records. An initial member raced out against the seeds keeps its partial
+        perplexity: it is certainly worse than every seed, and a finite value keeps the population full
+        and ordered (it is the first to be replaced, and the racing reference while it is the worst)."""
         for ind, record in zip(individuals, records):
-            ind.fitness.values = (fitness_of(record),)
+            partial = initial and record["status"] == "raced" and record["fitness"] is not None
+            ind.fitness.values = (record["fitness"] if partial else fitness_of(record),)
 
     # ---------------------------------------------------------------- persistence
     def _checkpoint(self, population: list, iteration: int) -> None:

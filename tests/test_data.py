@@ -21,7 +21,10 @@ def test_calibration_and_fitness_windows_are_disjoint(tokenizer, text_dir):
     first, second = stream[:cut].tolist(), stream[cut:].tolist()
     as_text = lambda ids: ",".join(map(str, ids))
     assert all(as_text(w) in as_text(first) for w in cal.tolist())
-    assert fit[0].tolist() == second[:32]
+    assert fit[0].tolist() == second[:32]  # spread evenly: the first and the last whole window
+    last = len(second) // 32 - 1
+    assert fit[-1].tolist() == second[last * 32:(last + 1) * 32]
+    assert len({as_text(w) for w in fit.tolist()}) == 4
     assert cal_spec.region == "calibration" and fit_spec.region == "fitness"
     again, _ = calibration_windows(tokenizer, source, n=8, seqlen=32, seed=3)
     other, _ = calibration_windows(tokenizer, source, n=8, seqlen=32, seed=4)

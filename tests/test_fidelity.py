@@ -86,8 +86,27 @@ def test_racing_search_records_fidelity(problem, tmp_path):
         if r["status"] == "raced":
             assert 2 <= r["fidelity"] < 6
     population = RunStore.open(tmp_path / "run").checkpoint()["population"]
-    statuses = {r["expression"]: r["status"] for r in records}
-    assert all(statuses.get(expr, "ok") == "ok" for expr in population)
+    children = {r["expression"]: r["status"] for r in records if r["iteration"] > 0}
+    assert all(children.get(expr, "ok") == "ok" for expr in population)  # a raced child never enters
+
+
+def test_racing_initial_population_against_the_seeds(problem, tmp_path):
+    config = load_config(None, problem + ["iterations=0", "racing=true", "race_min_windows=2", "race_z=0",
+                                          'seed_metrics=["wanda"]'])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    records = {r["expression"]: r for r in search.evaluations_}
+    seed = records["mul(abs(W), X)"]
+    assert seed["status"] == "ok" and seed["fidelity"] == 6
+    raced = [r for r in records.values() if r["status"] == "raced"]
+    assert raced and all(2 <= r["fidelity"] < 6 and r["fitness"] > 0 for r in raced)
+    state = RunStore.open(tmp_path / "run").checkpoint()
+    assert len(state["population"]) == 6
+    for expr, fitness in zip(state["population"], state["fitness"]):  # raced members keep their partial value
+        if records[expr]["status"] in ("ok", "raced"):
+            assert fitness == pytest.approx(records[expr]["fitness"])
+        else:
+            assert fitness is None
+    assert state["population"][0] == "mul(abs(W), X)" or records[state["population"][0]]["status"] == "ok"
 
 
 def test_successive_halving(problem, tmp_path):

@@ -62,11 +62,17 @@ def test_nm_width_not_multiple():
 
 
 @pytest.mark.parametrize("k", [1, 5, 16, 31])
-def test_fast_masks_equal_stable_sort(k):
-    from evaluators.masks import _lowest, _lowest_by_threshold, _lowest_by_topk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fast_masks_equal_stable_sort(k, dtype):
+    from evaluators.masks import _lowest, _lowest_by_select, _lowest_by_threshold
 
     tied_rows = torch.randn(9, 32)
     tied_rows[3] = 1.0
-    for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32), tied_rows):
+    signed_zeros = torch.randn(9, 32)
+    signed_zeros[:, ::2] = -0.0
+    signed_zeros[:, 1::4] = 0.0
+    for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32), tied_rows,
+                   signed_zeros):
+        scores = scores.to(dtype)
         assert torch.equal(_lowest_by_threshold(scores, k), _lowest(scores, k))
-        assert torch.equal(_lowest_by_topk(scores, k), _lowest(scores, k))
+        assert torch.equal(_lowest_by_select(scores, k), _lowest(scores, k))
