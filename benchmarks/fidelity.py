@@ -1,23 +1,29 @@
-"""Multi-fidelity vs full evaluation: the demo search twice, same seed, same wall-clock budget.
+"""Multi-fidelity vs full evaluation: the demo search two or three ways, same seed, same wall-clock budget.
 
-    METRIC_SEARCH_DATA=../shared/data .venv/bin/python benchmarks/fidelity.py [--minutes 10]
+    METRIC_SEARCH_DATA=../shared/data .venv/bin/python benchmarks/fidelity.py [--minutes 20]
         [--config runs/smollm2-demo.toml] [key=value ...]
+    METRIC_SEARCH_DATA=../shared/data .venv/bin/python benchmarks/fidelity.py --racing-run runs/bench-demo [--gate]
 
-Run A evaluates every candidate on all fitness windows; run B races them (``racing=true``) and records
-the proxies (``proxies=true``). Both stop when the budget is spent (``max_seconds``) and then measure the
-test perplexity of their best metric. Also prints how well each proxy predicts fitness (Spearman ρ over
-B's complete evaluations), which decides whether the proxy gate is worth turning on.
+Run A evaluates every candidate on all fitness windows (``racing=false proxies=false``); run B races them
+(``racing=true``) and records the proxies (``proxies=true``); with ``--gate``, run C also skips the forward
+of a candidate whose reconstruction proxy exceeds every population member's (``proxy_gate=true``). All stop
+when the budget is spent (``max_seconds``) and then measure the test perplexity of their best metrics.
+``--racing-run`` takes an existing run with racing on (the demo config's own run, from
+``benchmarks/search.py``) as run B, and gives the others the wall-clock time B's loop took. A finished run
+already in ``--out/{full,racing,gate}`` is read, not rerun (``--fresh`` reruns it). Also prints how well
+each proxy predicts fitness (Spearman ρ over B's complete evaluations), which decides whether the gate is
+worth turning on.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from evaluators.checkpoint import write_json_atomic
 from metric_search.config import load_config
 from metric_search.search import MetricSearch
 
@@ -27,11 +33,14 @@ def summarise(search) -> dict:
     records = search.evaluations_
     counts = search.store.checkpoint()["counts"]
     forwarded = [r for r in records if not r["cached"] and r["status"] in ("ok", "raced", "halved")]
+    gated = sum(r["status"] == "gated" for r in records)
     best = search.hall_of_fame_[0] if search.hall_of_fame_ else {}
     return {
+        "search loop wall time (min)": round(float(search.logbook_[-1]["elapsed_s"]) / 60, 1),
         "distinct candidates evaluated": len(records),
         "forward passes (complete + raced)": len(forwarded),
         "raced out": counts["raced"],
+        "gated (no forward)": gated,
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
                                                         / max(1, len(forwarded))),
         "best fitness (valid)": best.get("fitness", "-"),
@@ -51,34 +60,65 @@ def proxy_correlations(search) -> dict:
     return out
 
 
+def _reusable(search) -> dict:
+    """Run B's config, less what identifies the run, limits its length or sets its fidelity."""
+    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate"}
+    return {k: v for k, v in search.store.config().items() if k not in drop}
+
+
+ARMS = {"full evaluation": ("full", ["racing=false", "proxies=false"]),
+        "racing + proxies": ("racing", ["racing=true", "proxies=true"]),
+        "racing + proxy gate": ("gate", ["racing=true", "proxies=true", "proxy_gate=true"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="runs/smollm2-demo.toml")
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--racing-run", help="an existing run with racing on, used as run B")
+    parser.add_argument("--gate", action="store_true", help="add run C: racing with the recon proxy gate")
+    parser.add_argument("--fresh", action="store_true", help="rerun arms whose finished run is already in --out")
     parser.add_argument("--out", default="runs/bench-fidelity")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    budget = [f"max_seconds={args.minutes * 60}", "iterations=100000"]
+    arms = {label: extra for label, extra in ARMS.items() if args.gate or "gate" not in label}
     results = {}
-    for label, extra in (("full evaluation", []), ("racing + proxies", ["racing=true", "proxies=true"])):
-        run_dir = Path(args.out) / label.split()[0]
+    base = None
+    if args.racing_run:
+        search_b = MetricSearch.from_run(args.racing_run)
+        if not search_b.config.racing:
+            raise SystemExit(f"{args.racing_run} was not run with racing=true")
+        args.minutes = float(search_b.logbook_[-1]["elapsed_s"]) / 60
+        results["racing + proxies"] = search_b
+        base = _reusable(search_b)
+    budget = [f"max_seconds={args.minutes * 60:.0f}", "iterations=100000"]
+    for label, (folder, extra) in arms.items():
+        if label in results:
+            continue
+        run_dir = Path(args.out) / folder
+        if (run_dir / "final.json").exists() and not args.fresh:
+            results[label] = MetricSearch.from_run(run_dir)  # finished earlier with these settings
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)
-        config = load_config(args.config, budget + list(args.overrides) + extra)
-        search = MetricSearch(config).fit(run_dir)
-        results[label] = (summarise(search), search)
-    (a, _), (b, search_b) = results.values()
-    cfg = search_b.config
+        overrides = budget + list(args.overrides) + extra
+        config = load_config(None, overrides, base) if base else load_config(args.config, overrides)
+        results[label] = MetricSearch(config).fit(run_dir)
+    summaries = {label: summarise(search) for label, search in results.items()}
+    labels = [label for label in arms if label in summaries]
+    cfg = results["racing + proxies"].config
     print(f"\nbudget {args.minutes:g} min per run; seed {cfg.seed}; fitness {cfg.fitness_windows}×{cfg.fitness_seqlen} "
           f"tokens of WikiText-2 valid; racing: min {cfg.race_min_windows} windows, z = {cfg.race_z}")
-    print("\n| quantity | full evaluation | racing + proxies |\n|---|---|---|")
-    for key in a:
-        print(f"| {key} | {a[key]} | {b[key]} |")
-    ratio = b["distinct candidates evaluated"] / max(1, a["distinct candidates evaluated"])
-    print(f"\ncandidates per unit time, racing vs full: {ratio:.2f}× (target ≥ 3×)")
+    print("\n| quantity | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
+    for key in summaries[labels[0]]:
+        print(f"| {key} | " + " | ".join(str(summaries[label][key]) for label in labels) + " |")
+    full = max(1, summaries["full evaluation"]["distinct candidates evaluated"])
+    for label in labels[1:]:
+        ratio = summaries[label]["distinct candidates evaluated"] / full
+        print(f"candidates per unit time, {label} vs full evaluation: {ratio:.2f}× (target ≥ 3×)")
     print("\n| proxy | Spearman ρ with log fitness | p | n |\n|---|---|---|---|")
-    for name, (rho, p, n) in proxy_correlations(search_b).items():
+    for name, (rho, p, n) in proxy_correlations(results["racing + proxies"]).items():
         print(f"| {name} | {rho:.3f} | {p:.2g} | {n} |")
-    json.dump({k: v[0] for k, v in results.items()}, open(Path(args.out) / "summary.json", "w"), indent=2)
+    write_json_atomic(Path(args.out) / "summary.json", summaries)
 
 
 if __name__ == "__main__":

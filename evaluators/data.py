@@ -5,7 +5,7 @@ Sources: ``wikitext2`` (local folder first, then the hub's ``wikitext-2-raw-v1``
 
 The three uses of text are kept apart (DESIGN.md, "Data splits"): the ``valid`` token stream is cut at
 ``CALIBRATION_FRACTION``; calibration windows are drawn at random (Wanda's protocol, seeded) from the
-part before the cut, fitness windows are consecutive from the part after it, and reported perplexity
+part before the cut, fitness windows are spread evenly over the part after it, and reported perplexity
 uses the ``test`` split only.
 """
 from __future__ import annotations

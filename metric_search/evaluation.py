@@ -94,15 +94,22 @@ class CandidatePool:
         self.counts["windows"] += 0 if cached else len(window_nll)
         return record
 
-    def evaluate(self, trees: list, iteration: int, options: dict | None = None) -> list[dict]:
-        """Records for ``trees`` in order; new ones are appended to ``evaluations.jsonl`` as they finish."""
+    def evaluate(self, trees: list, iteration: int, options: dict | None = None, bar=None) -> list[dict]:
+        """Records for ``trees`` in order; new ones are appended to ``evaluations.jsonl`` as they finish.
+
+        ``bar``: a tqdm bar advanced once per tree (cache hits at once, the others as they finish).
+        """
         records, pending, jobs = self._split(trees)
         by_index = {job[0]: job for job in jobs}
+        if bar is not None:
+            bar.update(len(trees) - len(jobs))
         for index, result in self._run([(i, to_string(t), options or {}) for i, _k, t in jobs]):
             _, key, tree = by_index[index]
             record = self._record(tree, key, result, iteration, result["window_nll"])
             for j in pending[key]:
                 records[j] = record
+            if bar is not None:
+                bar.update(len(pending[key]))
         return records
 
     def evaluate_halving(self, trees: list, iteration: int, total: int, first: int, options: dict | None = None):

@@ -142,13 +142,14 @@ class MetricSearch:
         full first and every random member is raced against the worst of them."""
         options = self._options([])
         seeded = self.seeded
-        if not (self.config.racing and seeded and self.config.mode == "steady"):
-            return self.pool.evaluate(population, 0, options)
-        first = self.pool.evaluate(population[:seeded], 0, options)
-        complete = [r for r in first if r["status"] == "ok"]
-        if complete:
-            options = {**options, "race": self._race_against(max(complete, key=fitness_of))}
-        return first + self.pool.evaluate(population[seeded:], 0, options)
+        with tqdm(total=len(population), desc="initial population", disable=not self.progress) as bar:
+            if not (self.config.racing and seeded and self.config.mode == "steady"):
+                return self.pool.evaluate(population, 0, options, bar)
+            first = self.pool.evaluate(population[:seeded], 0, options, bar)
+            complete = [r for r in first if r["status"] == "ok"]
+            if complete:
+                options = {**options, "race": self._race_against(max(complete, key=fitness_of))}
+            return first + self.pool.evaluate(population[seeded:], 0, options, bar)
 
     def _initial_population(self) -> list:
         seeds = [individual(parse(KNOWN_METRICS.get(s, s), self.pset)) for s in self.config.seed_metrics]
@@ -305,6 +306,8 @@ class MetricSearch:
         elapsed = time.perf_counter() - self.started
         done_here = max(1, iteration - int(self.log_rows[0]["iteration"]))
         left = elapsed / done_here * (total - iteration)
+        if self.config.max_seconds > 0:
+            left = min(left, max(0.0, self.config.max_seconds - elapsed))
         tqdm.write(f"iter {iteration}/{total} | requested {row['requested']} computed {row['computed']} "
                    f"cache {int(row['key_hits']) + int(row['mask_hits'])} | best {row['best_fitness']} "
                    f"{row['best_expression']} | {left / 60:.1f} min left")
