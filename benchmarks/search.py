@@ -22,9 +22,9 @@ import torch
 from evaluators import GBLM, Wanda, evaluation_windows
 from evaluators.perplexity import window_nlls
 from metric_search.config import load_config
-from primitives import compile_tree, parse
 from metric_search.search import MetricSearch
 from metric_search.worker import evaluator_for, problem
+from primitives import compile_tree, parse
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     pruning makes (measured on SmolLM2's 210 layers), and a search pays this once per candidate.
     """
     if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
-        kth = np.partition(scores.numpy(), k - 1, axis=-1)[..., k - 1:k]
+        kth = np.partition(scores.detach().numpy(), k - 1, axis=-1)[..., k - 1:k]
         return torch.from_numpy(np.ascontiguousarray(kth))
     return torch.topk(scores, k, dim=-1, largest=False, sorted=False).values.amax(-1, keepdim=True)
 

@@ -34,7 +34,7 @@ from .apply import Calibration, PruneReport, checked_scores, prune_model
 from .masks import Structure, check_sparsity, make_mask
 from .models import block_linears, decoder_blocks, prunable_linears
 from .pruners import Pruner
-from .stats import BlockInputs, activation_norm_hooks, compute_statistics, norms_from_sums
+from .stats import BlockInputs, activation_norm_hooks, compute_statistics, linear_hooks, norms_from_sums
 
 LOCAL_KINDS = ("X", "R", "H")  # measured per block on its current inputs by prune_blockwise
 OWN_KINDS = ("Y", "H")  # not cached statistics: dense block outputs ("Y") and input Hessians ("H")
@@ -54,12 +54,8 @@ def _linear_io(linears: dict[str, torch.nn.Linear]):
             seen.setdefault(name, []).append((args[0].detach(), out))
         return hook
 
-    handles = [linear.register_forward_hook(hook_for(n)) for n, linear in linears.items()]
-    try:
+    with linear_hooks(linears, hook_for, pre=False):
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def regional_gradients(block, inputs: BlockInputs) -> tuple[dict[str, dict[str, torch.Tensor]], list[torch.Tensor]]:
@@ -131,12 +127,8 @@ def hessian_hooks(linears: dict[str, torch.nn.Linear]):
             sums[name] = sums[name] + last[1] if name in sums else last[1].clone()
         return hook
 
-    handles = [linear.register_forward_pre_hook(hook_for(n)) for n, linear in linears.items()]
-    try:
+    with linear_hooks(linears, hook_for):
         yield sums
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()

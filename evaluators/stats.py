@@ -74,6 +74,19 @@ class BlockInputs:
 
 
 @contextmanager
+def linear_hooks(linears: dict[str, torch.nn.Linear], hook_for, pre: bool = True):
+    """Register ``hook_for(name)`` on every Linear while the context is open: a forward pre-hook
+    ``(module, args)``, or with ``pre=False`` a forward hook ``(module, args, output)``."""
+    register = "register_forward_pre_hook" if pre else "register_forward_hook"
+    handles = [getattr(linear, register)(hook_for(name)) for name, linear in linears.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def activation_norm_hooks(linears: dict[str, torch.nn.Linear]):
     """Accumulate ``Σ x²`` per input channel of each Linear while the context is open.
 
@@ -88,12 +101,8 @@ def activation_norm_hooks(linears: dict[str, torch.nn.Linear]):
             sums[name] = sums[name] + sq if name in sums else sq
         return hook
 
-    handles = [linear.register_forward_pre_hook(hook_for(n)) for n, linear in linears.items()]
-    try:
+    with linear_hooks(linears, hook_for):
         yield sums
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def norms_from_sums(sums: dict[str, torch.Tensor], n_windows: int) -> dict[str, torch.Tensor]:

@@ -101,8 +101,8 @@ class CandidatePool:
         """
         records, pending, jobs = self._split(trees)
         by_index = {job[0]: job for job in jobs}
-        if bar is not None:
-            bar.update(len(trees) - len(jobs))
+        if bar is not None:  # key-cache hits are done now; the rest count as their evaluation finishes
+            bar.update(len(trees) - sum(len(indices) for indices in pending.values()))
         for index, result in self._run([(i, to_string(t), options or {}) for i, _k, t in jobs]):
             _, key, tree = by_index[index]
             record = self._record(tree, key, result, iteration, result["window_nll"])

@@ -93,8 +93,8 @@ class MetricSearch:
         state = self.store.checkpoint()
         if state is None:
             random.seed(cfg.seed)
-            population = self._initial_population()
-            self._assign(population, self._evaluate_initial(population), initial=True)
+            population, seeded = self._initial_population()
+            self._assign(population, self._evaluate_initial(population, seeded), initial=True)
             population = self._survivors(population)
             iteration = 0
             self._checkpoint(population, iteration)
@@ -137,11 +137,10 @@ class MetricSearch:
         reference = record["window_nll"] or math.log(record["fitness"])
         return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
 
-    def _evaluate_initial(self, population: list) -> list[dict]:
-        """Records of the initial population. With racing and seed metrics, the seeds are evaluated in
-        full first and every random member is raced against the worst of them."""
+    def _evaluate_initial(self, population: list, seeded: int) -> list[dict]:
+        """Records of the initial population, whose first ``seeded`` members are the seed metrics. With
+        racing, the seeds are evaluated in full first and every random member is raced against the worst."""
         options = self._options([])
-        seeded = self.seeded
         with tqdm(total=len(population), desc="initial population", disable=not self.progress) as bar:
             if not (self.config.racing and seeded and self.config.mode == "steady"):
                 return self.pool.evaluate(population, 0, options, bar)
@@ -151,19 +150,20 @@ class MetricSearch:
                 options = {**options, "race": self._race_against(max(complete, key=fitness_of))}
             return first + self.pool.evaluate(population[seeded:], 0, options, bar)
 
-    def _initial_population(self) -> list:
+    def _initial_population(self) -> tuple[list, int]:
+        """The seed metrics (duplicates dropped), then unique random trees; and how many are seeds."""
         seeds = [individual(parse(KNOWN_METRICS.get(s, s), self.pset)) for s in self.config.seed_metrics]
         population, keys = [], set()
         for ind in seeds:
             if rank_key(ind) not in keys:
                 population.append(ind)
                 keys.add(rank_key(ind))
-        self.seeded = len(population)
+        seeded = len(population)
         while len(population) < self.config.population_size:
             ind = self._unique(self.toolbox.individual, keys)
             population.append(ind)
             keys.add(rank_key(ind))
-        return population
+        return population, seeded
 
     def _unique(self, make, keys: set):
         """``make()`` until its OOS-simplified tree has a rank key outside ``keys`` (bounded tries)."""
