@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 from evaluators.checkpoint import write_json_atomic
 from metric_search.config import load_config
 from metric_search.search import MetricSearch
+from metric_search.store import RunError
 
 
 def summarise(search) -> dict:
@@ -85,7 +86,10 @@ def main() -> None:
     results = {}
     base = None
     if args.racing_run:
-        search_b = MetricSearch.from_run(args.racing_run)
+        try:
+            search_b = MetricSearch.from_run(args.racing_run)
+        except RunError as err:
+            raise SystemExit(f"error: {err}") from None
         if not search_b.config.racing:
             raise SystemExit(f"{args.racing_run} was not run with racing=true")
         args.minutes = float(search_b.logbook_[-1]["elapsed_s"]) / 60
