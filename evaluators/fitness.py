@@ -123,11 +123,12 @@ class FitnessEvaluator:
         recon, overlap, pruned = [], 0, 0
         for name, mask in masks.items():
             x = self.stats.get(name, {}).get("X")
-            if x is not None:
-                energy = self.dense[name].square() * x.square()
-                recon.append((energy * mask).sum().item() / max(energy.sum().item(), 1e-30))
+            if x is not None:  # in place: a search pays this once per candidate, over every weight
+                energy = self.dense[name].square().mul_(x.square())
+                total = energy.sum().item()
+                recon.append(energy.mul_(mask).sum().item() / max(total, 1e-30))
             if self.reference_masks is not None:
-                overlap += (mask & self.reference_masks[name]).sum().item()
+                overlap += mask.logical_and(self.reference_masks[name]).sum().item()
                 pruned += mask.sum().item()
         values = {"recon": float(np.mean(recon))} if recon else {}
         if self.reference_masks is not None:

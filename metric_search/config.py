@@ -56,7 +56,8 @@ class SearchConfig:
     max_regenerate: int = 20  # tries to produce a child unlike its parents and the population
     seed: int = 0
     # multi-fidelity (all off by default; see evaluators/fitness.py)
-    racing: bool = False  # steady: stop a child once certainly worse than the population's worst
+    racing: bool = False  # steady: stop a child once certainly worse than the member it must beat
+    race_against: str = "top_k"  # that member: "top_k" (the last possible parent) or "worst" (of the population)
     race_min_windows: int = 2
     race_z: float = 2.0
     proxies: bool = False  # record the recon and overlap proxies of every candidate
@@ -84,6 +85,8 @@ class SearchConfig:
             raise ConfigError(str(err)) from None
         if self.mode not in ("steady", "generational"):
             raise ConfigError(f"mode must be 'steady' or 'generational', got {self.mode!r}")
+        if self.race_against not in ("top_k", "worst"):
+            raise ConfigError(f"race_against must be 'top_k' or 'worst', got {self.race_against!r}")
         if self.grad_norm not in ("l1", "l2"):
             raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
         positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",

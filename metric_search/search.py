@@ -117,20 +117,34 @@ class MetricSearch:
         return self.config.max_seconds > 0 and time.perf_counter() - self.started > self.config.max_seconds
 
     def _options(self, population: list) -> dict:
-        """Multi-fidelity options for the next evaluations, from the current population."""
+        """Multi-fidelity options for the next evaluations, from the current (sorted) population."""
         cfg, options = self.config, {}
         records = [self.pool.by_key.get(rank_key(ind)) for ind in population]
         if cfg.proxies or cfg.proxy_gate:
             options["proxies"] = True
             options["reference"] = to_string(population[0]) if population else None
-        if cfg.proxy_gate and len(population) >= cfg.population_size:
-            recon = [r["proxies"].get("recon") for r in records if r and r.get("proxies")]
-            if recon and len(recon) == len(records) and all(v is not None for v in recon):
+        if len(population) < cfg.population_size:
+            return options
+        rivals = records[:self._race_rank()]  # the members a child must beat to change anything
+        if cfg.proxy_gate:
+            recon = [r["proxies"].get("recon") for r in rivals if r and r.get("proxies")]
+            if recon and len(recon) == len(rivals) and all(v is not None for v in recon):
                 options["gate"] = max(recon)
-        worst = records[-1] if records else None
-        if cfg.racing and len(population) >= cfg.population_size and worst and worst["status"] in ("ok", "raced"):
-            options["race"] = self._race_against(worst)
+        rival = rivals[-1] if rivals else None
+        if cfg.racing and rival and rival["status"] in ("ok", "raced"):
+            options["race"] = self._race_against(rival)
         return options
+
+    def _race_rank(self) -> int:
+        """How many members a child must not be certainly worse than. In steady state parents are drawn
+        from the ``top_k`` best, and a member never moves up (only the worst leaves, children enter above
+        it), so a child that cannot beat the ``top_k``-th best can never be a parent nor the best: racing
+        against it spends the forward only where it can change the search ("top_k"). "worst" races
+        against the population's last member, Pruner-Zero's acceptance rule."""
+        cfg = self.config
+        if cfg.race_against == "top_k" and cfg.mode == "steady":
+            return min(cfg.top_k, cfg.population_size)
+        return cfg.population_size
 
     def _race_against(self, record: dict) -> dict:
         cfg = self.config

@@ -120,3 +120,27 @@ def test_successive_halving(problem, tmp_path):
     assert {r["fidelity"] for r in halved} <= {2, 4} and {r["fidelity"] for r in complete} == {6}
     worst_complete = max(sum(r["window_nll"][:2]) for r in complete)
     assert any(sum(r["window_nll"][:2]) >= worst_complete for r in halved if r["fidelity"] == 2)
+
+
+@pytest.mark.parametrize("against, rank", [("top_k", 3), ("worst", 6)])
+def test_race_and_gate_reference_the_member_a_child_must_beat(problem, tmp_path, against, rank):
+    """Steady state races against the top_k-th member (the last possible parent) or the worst."""
+    from primitives import rank_key
+
+    config = load_config(None, problem + ["iterations=0", "racing=true", "proxy_gate=true", "top_k=3",
+                                          f"race_against={against}"])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    population, _ = search._restore(search.store.checkpoint())
+    for i, ind in enumerate(population):  # members 1..6, each with its own windows and recon
+        search.pool.by_key[rank_key(ind)] = {"status": "ok", "fitness": 10.0 + i, "window_nll": [float(i)] * 6,
+                                             "proxies": {"recon": 0.1 * (i + 1)}}
+    options = search._options(population)
+    assert options["race"]["reference_nll"] == [float(rank - 1)] * 6
+    assert options["gate"] == pytest.approx(0.1 * rank)
+
+
+def test_race_against_must_be_known(problem):
+    from metric_search.config import ConfigError
+
+    with pytest.raises(ConfigError, match="race_against"):
+        load_config(None, problem + ["race_against=median"])
