@@ -10,7 +10,7 @@ of a candidate whose reconstruction proxy exceeds every population member's (``p
 when the budget is spent (``max_seconds``) and then measure the test perplexity of their best metrics.
 ``--racing-run`` takes an existing run with racing on (the demo config's own run, from
 ``benchmarks/search.py``) as run B, and gives the others the wall-clock time B's loop took. A finished run
-already in ``--out/{full,racing,gate}`` is read, not rerun (``--fresh`` reruns it). Also prints how well
+already in ``--out/{full,racing,gate}`` with the same budget is read, not rerun (``--fresh`` reruns it). Also prints how well
 each proxy predicts fitness (Spearman ρ over B's complete evaluations), which decides whether the gate is
 worth turning on.
 """
@@ -25,8 +25,11 @@ from scipy.stats import spearmanr
 
 from evaluators.checkpoint import write_json_atomic
 from metric_search.config import load_config
+from metric_search.final import paired_difference, test_window_nlls
 from metric_search.search import MetricSearch
 from metric_search.store import RunError
+from metric_search.worker import evaluator_for, problem
+from primitives import compile_tree, parse
 
 
 def summarise(search) -> dict:
@@ -67,6 +70,25 @@ def _reusable(search) -> dict:
     return {k: v for k, v in search.store.config().items() if k not in drop}
 
 
+def paired_against_full(results: dict, labels: list[str]) -> None:
+    """Each run's best metric against run A's on the same test windows: is a test gap more than noise?"""
+    best = {label: results[label].hall_of_fame_[0]["expression"] for label in labels if results[label].hall_of_fame_}
+    if "full evaluation" not in best:
+        return
+    cfg = results["full evaluation"].config
+    evaluator = evaluator_for(problem(cfg.to_dict()))
+    fns = {expression: compile_tree(parse(expression)) for expression in set(best.values())}
+    nll, spec = test_window_nlls(evaluator, cfg, fns)
+    reference = nll[best["full evaluation"]]
+    print(f"\nEach run's best metric against run A's, paired on the same {spec.n_windows} WikiText-2 test windows "
+          f"(mean per-window NLL difference ± standard error; positive = worse than A's):\n")
+    print("| run | test perplexity | NLL difference vs A |\n|---|---|---|")
+    for label, expression in best.items():
+        mean, se = paired_difference(nll[expression], reference)
+        gap = "-" if label == "full evaluation" else f"{mean:+.4f} ± {se:.4f}"
+        print(f"| {label} | {math.exp(nll[expression].mean().item()):.2f} | {gap} |")
+
+
 ARMS = {"full evaluation": ("full", ["racing=false", "proxies=false"]),
         "racing + proxies": ("racing", ["racing=true", "proxies=true"]),
         "racing + proxy gate": ("gate", ["racing=true", "proxies=true", "proxy_gate=true"])}
@@ -101,8 +123,10 @@ def main() -> None:
             continue
         run_dir = Path(args.out) / folder
         if (run_dir / "final.json").exists() and not args.fresh:
-            results[label] = MetricSearch.from_run(run_dir)  # finished earlier with these settings
-            continue
+            earlier = MetricSearch.from_run(run_dir)
+            if round(earlier.config.max_seconds) == round(args.minutes * 60):  # same budget: read, not rerun
+                results[label] = earlier
+                continue
         shutil.rmtree(run_dir, ignore_errors=True)
         overrides = budget + list(args.overrides) + extra
         config = load_config(None, overrides, base) if base else load_config(args.config, overrides)
@@ -119,6 +143,7 @@ def main() -> None:
     for label in labels[1:]:
         ratio = summaries[label]["distinct candidates evaluated"] / full
         print(f"candidates per unit time, {label} vs full evaluation: {ratio:.2f}× (target ≥ 3×)")
+    paired_against_full(results, labels)
     print("\n| proxy | Spearman ρ with log fitness | p | n |\n|---|---|---|---|")
     for name, (rho, p, n) in proxy_correlations(results["racing + proxies"]).items():
         print(f"| {name} | {rho:.3f} | {p:.2g} | {n} |")

@@ -11,7 +11,6 @@ windows, and the chosen metric's WikiText-2 test perplexity beside Wanda's and G
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from evaluators import GBLM, Wanda, evaluation_windows
+from evaluators import GBLM, Wanda
 from evaluators.perplexity import window_nlls
 from metric_search.config import load_config
+from metric_search.final import paired_difference, test_window_nlls
 from metric_search.search import MetricSearch
 from metric_search.worker import evaluator_for, problem
 from primitives import compile_tree, parse
@@ -74,16 +74,11 @@ def main() -> None:
 
     # The chosen metric and the baselines under the hall of fame's test protocol (final.json), on the same
     # statistics, window by window: the paired NLL difference against Wanda says whether a gap is noise.
-    final = json.loads((search.run_dir_ / "final.json").read_text())
-    proto = final["protocol"]
-    test, _ = evaluation_windows(evaluator.tokenizer, cfg.data, "test", proto["seqlen"], proto["n_windows"],
-                                 cfg.data_dir or None)
-    fitness_windows, evaluator.windows = evaluator.windows, test
     contenders = {f"`{search.hall_of_fame_[0]['expression']}` (chosen)": chosen_fn}
     for pruner in (Wanda(), GBLM()):
         contenders[pruner.name] = lambda pruner=pruner, **leaves: pruner.score(leaves["W"], leaves)
-    test_nll = {name: evaluator.perplexity_with(evaluator.masks(fn))[0] for name, fn in contenders.items()}
-    evaluator.windows = fitness_windows
+    test_nll, spec = test_window_nlls(evaluator, cfg, contenders)
+    proto = spec.describe()
     print(f"\nrun {search.run_dir_} ({cfg.mode}, population {cfg.population_size}, iterations {cfg.iterations}, "
           f"seed {cfg.seed}); wall time {wall / 60:.1f} min"
           + (" (search loop, from the logbook)" if not search.progress else ""))
@@ -108,12 +103,10 @@ def main() -> None:
     print(f"\nPaired against Wanda on the same {proto['n_windows']} test windows (mean per-window NLL difference "
           f"± standard error; negative = better than Wanda):\n")
     print("| metric | test perplexity | NLL difference vs Wanda |\n|---|---|---|")
-    wanda = test_nll["wanda"]
     for name, nll in test_nll.items():
-        diff = nll - wanda
-        gap = "-" if name == "wanda" else f"{diff.mean().item():+.4f} ± {diff.std().item() / math.sqrt(len(diff)):.4f}"
+        mean, se = paired_difference(nll, test_nll["wanda"])
+        gap = "-" if name == "wanda" else f"{mean:+.4f} ± {se:.4f}"
         print(f"| {name} | {math.exp(nll.mean().item()):.2f} | {gap} |")
-
 
 if __name__ == "__main__":
     main()
