@@ -6,13 +6,14 @@
 
 Run A evaluates every candidate on all fitness windows (``racing=false proxies=false``); run B races them
 (``racing=true``) and records the proxies (``proxies=true``); with ``--gate``, run C also skips the forward
-of a candidate whose reconstruction proxy exceeds every population member's (``proxy_gate=true``). All stop
-when the budget is spent (``max_seconds``) and then measure the test perplexity of their best metrics.
-``--racing-run`` takes an existing run with racing on (the demo config's own run, from
-``benchmarks/search.py``) as run B, and gives the others the wall-clock time B's loop took. A finished run
-already in ``--out/{full,racing,gate}`` with the same budget is read, not rerun (``--fresh`` reruns it). Also prints how well
-each proxy predicts fitness (Spearman ρ over B's complete evaluations), which decides whether the gate is
-worth turning on.
+of a candidate whose reconstruction proxy exceeds that of every member it races against
+(``proxy_gate=true``). All stop when the budget is spent (``max_seconds``) and then measure the test
+perplexity of their best metrics, paired window by window against A's. ``--racing-run`` takes an existing
+run with racing on (the demo config's own run, from ``benchmarks/search.py``) as run B, and gives the others
+the wall-clock time B's loop took. A finished run already in ``--out/{full,racing,gate}`` with the same
+config is read, not rerun (``--fresh`` reruns it). Also prints how well each proxy predicts perplexity
+(Spearman ρ over B's complete evaluations, and over all its forwarded candidates), which decides whether the
+gate is worth turning on.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def summarise(search) -> dict:
     return {
         "search loop wall time (min)": round(float(search.logbook_[-1]["elapsed_s"]) / 60, 1),
         "distinct candidates evaluated": len(records),
-        "forward passes (complete + raced)": len(forwarded),
+        "of which with a perplexity (complete or raced)": len(forwarded),
         "raced out": counts["raced"],
         "gated (no forward)": gated,
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
@@ -54,13 +55,16 @@ def summarise(search) -> dict:
 
 
 def proxy_correlations(search) -> dict:
-    ok = [r for r in search.evaluations_ if r["status"] == "ok" and r["proxies"]]
+    """Spearman ρ of each proxy with log perplexity over the complete evaluations, and over every forwarded
+    candidate (raced ones at their partial perplexity): ranking good candidates vs separating bad ones."""
     out = {}
-    for name in ("recon", "overlap"):
-        pairs = [(r["proxies"][name], math.log(r["fitness"])) for r in ok if name in r["proxies"]]
-        if len(pairs) > 3:
-            rho, p = spearmanr(*zip(*pairs))
-            out[name] = (rho, p, len(pairs))
+    for scope, statuses in (("complete", ("ok",)), ("forwarded", ("ok", "raced"))):
+        records = [r for r in search.evaluations_ if r["status"] in statuses and not r["cached"] and r["proxies"]]
+        for name in ("recon", "overlap"):
+            pairs = [(r["proxies"][name], math.log(r["fitness"])) for r in records if name in r["proxies"]]
+            if len(pairs) > 3:
+                rho, p = spearmanr(*zip(*pairs))
+                out[(name, scope)] = (rho, p, len(pairs))
     return out
 
 
@@ -70,16 +74,17 @@ def _reusable(search) -> dict:
     return {k: v for k, v in search.store.config().items() if k not in drop}
 
 
-def paired_against_full(results: dict, labels: list[str]) -> None:
+def paired_against_full(results: dict, labels: list[str]) -> dict:
     """Each run's best metric against run A's on the same test windows: is a test gap more than noise?"""
     best = {label: results[label].hall_of_fame_[0]["expression"] for label in labels if results[label].hall_of_fame_}
     if "full evaluation" not in best:
-        return
+        return {}
     cfg = results["full evaluation"].config
     evaluator = evaluator_for(problem(cfg.to_dict()))
     fns = {expression: compile_tree(parse(expression)) for expression in set(best.values())}
     nll, spec = test_window_nlls(evaluator, cfg, fns)
     reference = nll[best["full evaluation"]]
+    out = {}
     print(f"\nEach run's best metric against run A's, paired on the same {spec.n_windows} WikiText-2 test windows "
           f"(mean per-window NLL difference ± standard error; positive = worse than A's):\n")
     print("| run | test perplexity | NLL difference vs A |\n|---|---|---|")
@@ -87,6 +92,8 @@ def paired_against_full(results: dict, labels: list[str]) -> None:
         mean, se = paired_difference(nll[expression], reference)
         gap = "-" if label == "full evaluation" else f"{mean:+.4f} ± {se:.4f}"
         print(f"| {label} | {math.exp(nll[expression].mean().item()):.2f} | {gap} |")
+        out[label] = {"test NLL difference vs full evaluation": round(mean, 5), "standard error": round(se, 5)}
+    return out
 
 
 ARMS = {"full evaluation": ("full", ["racing=false", "proxies=false"]),
@@ -122,14 +129,14 @@ def main() -> None:
         if label in results:
             continue
         run_dir = Path(args.out) / folder
+        overrides = budget + list(args.overrides) + extra
+        config = load_config(None, overrides, base) if base else load_config(args.config, overrides)
         if (run_dir / "final.json").exists() and not args.fresh:
             earlier = MetricSearch.from_run(run_dir)
-            if round(earlier.config.max_seconds) == round(args.minutes * 60):  # same budget: read, not rerun
+            if earlier.config == config:  # finished earlier with exactly these settings: read, not rerun
                 results[label] = earlier
                 continue
         shutil.rmtree(run_dir, ignore_errors=True)
-        overrides = budget + list(args.overrides) + extra
-        config = load_config(None, overrides, base) if base else load_config(args.config, overrides)
         results[label] = MetricSearch(config).fit(run_dir)
     summaries = {label: summarise(search) for label, search in results.items()}
     labels = [label for label in arms if label in summaries]
@@ -140,13 +147,17 @@ def main() -> None:
     for key in summaries[labels[0]]:
         print(f"| {key} | " + " | ".join(str(summaries[label][key]) for label in labels) + " |")
     full = max(1, summaries["full evaluation"]["distinct candidates evaluated"])
+    forwarded = max(1, summaries["full evaluation"]["of which with a perplexity (complete or raced)"])
     for label in labels[1:]:
         ratio = summaries[label]["distinct candidates evaluated"] / full
-        print(f"candidates per unit time, {label} vs full evaluation: {ratio:.2f}× (target ≥ 3×)")
-    paired_against_full(results, labels)
-    print("\n| proxy | Spearman ρ with log fitness | p | n |\n|---|---|---|---|")
-    for name, (rho, p, n) in proxy_correlations(results["racing + proxies"]).items():
-        print(f"| {name} | {rho:.3f} | {p:.2g} | {n} |")
+        with_ppl = summaries[label]["of which with a perplexity (complete or raced)"] / forwarded
+        print(f"candidates per unit time, {label} vs full evaluation: {ratio:.2f}× (target ≥ 3×); "
+              f"counting only those with a perplexity: {with_ppl:.2f}×")
+    for label, paired in paired_against_full(results, labels).items():
+        summaries[label].update(paired)
+    print("\n| proxy | candidates | Spearman ρ with log perplexity | p | n |\n|---|---|---|---|---|")
+    for (name, scope), (rho, p, n) in proxy_correlations(results["racing + proxies"]).items():
+        print(f"| {name} | {scope} | {rho:.3f} | {p:.2g} | {n} |")
     write_json_atomic(Path(args.out) / "summary.json", summaries)
 
 

@@ -61,7 +61,7 @@ class SearchConfig:
     race_min_windows: int = 2
     race_z: float = 2.0
     proxies: bool = False  # record the recon and overlap proxies of every candidate
-    proxy_gate: bool = False  # skip the forward when recon exceeds every population member's
+    proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against
     successive_halving: bool = False  # generational: offspring on few windows, the better half on more
     halving_min_windows: int = 2
     max_seconds: float = 0.0  # wall-clock budget of one invocation (0: none)

@@ -9,8 +9,8 @@ forwarded) its value was computed at. Work goes through ``joblib.Parallel`` with
 ``joblib.parallel_config(backend="dask")`` or ``"ray"`` moves it to a cluster; results are recorded as they
 finish (``return_as="generator_unordered"``).
 
-Statuses: ``ok`` (all fitness windows), ``raced`` (stopped early: certainly worse than the population's
-worst), ``halved`` (dropped by successive halving), ``gated`` (skipped by the proxy gate), ``invalid``,
+Statuses: ``ok`` (all fitness windows), ``raced`` (stopped early: certainly worse than the member it had
+to beat), ``halved`` (dropped by successive halving), ``gated`` (skipped by the proxy gate), ``invalid``,
 ``error``. Only ``ok`` candidates can enter a population; the others carry their partial values.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ class CandidatePool:
     def _remember(self, record: dict) -> None:
         self.by_key[record["rank_key"]] = record
         if record["status"] in ("ok", "raced", "halved") and record["mask_hash"] and not record.get("cached"):
-            self.by_mask[record["mask_hash"]] = {k: record[k] for k in ("fitness", "status", "fidelity")}
+            self.by_mask[record["mask_hash"]] = {k: record[k] for k in ("fitness", "status", "fidelity", "window_nll")}
 
     def _split(self, trees: list):
         """Key-cache lookups; returns records (hits filled), pending {key: [indices]} and the jobs to run."""
@@ -75,6 +75,8 @@ class CandidatePool:
     def _record(self, tree, key: str, result: dict, iteration: int, window_nll: list[float]) -> dict:
         cached = result["reason"] == "mask cache"
         hit = self.by_mask.get(result["mask_hash"], {}) if cached else {}
+        if cached and not window_nll:  # the pruned model is the same: so are its windows (racing pairs on them)
+            window_nll = list(hit.get("window_nll", []))
         record = {
             "iteration": iteration, "expression": to_string(tree), "canonical_key": canonical_key(tree),
             "rank_key": key, "size": tree_size(tree), "height": tree_height(tree),

@@ -34,6 +34,8 @@ from .toolbox import KNOWN_METRICS, build_toolbox, individual
 from .worker import evaluator_for, problem
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
+# What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
+RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "proxy_gate")
 LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "raced", "gated", "halved",
                "windows", "best_fitness", "median_fitness", "best_expression", "elapsed_s"]
 
@@ -60,10 +62,16 @@ class MetricSearch:
         saved = store.config()
         base = {k: v for k, v in saved.items() if k not in ("versions", "run_dir")}
         config = load_config(None, overrides, base)
+        from .config import ConfigError
+
         changed = {k for k in problem(base) if problem(config.to_dict())[k] != base[k]}
         if changed:
-            from .config import ConfigError
             raise ConfigError(f"cannot change {', '.join(sorted(changed))} when resuming (it changes every fitness)")
+        if base.get("racing") or base.get("proxy_gate"):
+            changed = {k for k in RIVAL_KEYS if k in base and getattr(config, k) != base[k]}
+            if changed:
+                raise ConfigError(f"cannot change {', '.join(sorted(changed))} when resuming a run with racing or a "
+                                  f"proxy gate (its raced and gated records were decided against the old rival)")
         search = cls(config, progress)
         search.store = store
         store.repair()

@@ -144,3 +144,16 @@ def test_race_against_must_be_known(problem):
 
     with pytest.raises(ConfigError, match="race_against"):
         load_config(None, problem + ["race_against=median"])
+
+
+def test_resume_keeps_the_rival_of_a_racing_run(problem, tmp_path):
+    """Raced records are reused by the key cache on resume, so what decided them cannot change."""
+    from metric_search.config import ConfigError
+
+    config = load_config(None, problem + ["iterations=1", "racing=true", "top_k=3"])
+    MetricSearch(config, progress=False).fit(tmp_path / "run")
+    for override in ("top_k=5", "race_against=worst", "race_z=1"):
+        with pytest.raises(ConfigError, match="old rival"):
+            MetricSearch.resume(tmp_path / "run", [override], progress=False)
+    search = MetricSearch.resume(tmp_path / "run", ["iterations=2"], progress=False)
+    assert int(search.logbook_[-1]["iteration"]) == 2

@@ -60,6 +60,10 @@ def test_equivalent_trees_hit_the_caches(problem, tmp_path):
     records = RunStore.open(tmp_path / "run").evaluations()
     wanda = [r for r in records if r["expression"] in ("mul(abs(W), X)", "mul(X, abs(W))")]
     assert len(wanda) == 1
+    hit = next(r for r in records if r["cached"] == "mask")  # same pruned model: same per-window NLLs (racing pairs)
+    original = next(r for r in records if r["mask_hash"] == hit["mask_hash"] and not r["cached"])
+    assert hit["window_nll"] == original["window_nll"]
+    assert hit["window_nll"] and hit["fidelity"] == len(hit["window_nll"])
 
 
 def test_failing_candidate_is_recorded_and_run_goes_on(problem, tmp_path):
@@ -150,3 +154,14 @@ def test_dask_local_cluster_with_two_workers(problem, tmp_path):
     workers = {r["worker"] for r in search.evaluations_}
     assert os.getpid() not in workers and len(search.evaluations_) >= 8
     assert int(search.logbook_[-1]["iteration"]) == 4
+
+
+def test_paired_difference_of_window_nlls():
+    import torch
+
+    from metric_search.final import paired_difference
+
+    reference = torch.tensor([3.0, 4.0, 5.0, 6.0], dtype=torch.float64)
+    mean, se = paired_difference(reference + torch.tensor([0.1, 0.3, 0.1, 0.3], dtype=torch.float64), reference)
+    assert mean == pytest.approx(0.2)
+    assert se == pytest.approx(torch.tensor([0.1, 0.3, 0.1, 0.3]).std().item() / 2)  # window difficulty cancels
