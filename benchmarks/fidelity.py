@@ -38,14 +38,13 @@ def summarise(search) -> dict:
     records = search.evaluations_
     counts = search.store.checkpoint()["counts"]
     forwarded = [r for r in records if not r["cached"] and r["status"] in ("ok", "raced", "halved")]
-    gated = sum(r["status"] == "gated" for r in records)
     best = search.hall_of_fame_[0] if search.hall_of_fame_ else {}
     return {
         "search loop wall time (min)": round(float(search.logbook_[-1]["elapsed_s"]) / 60, 1),
         "distinct candidates evaluated": len(records),
         "of which with a perplexity (complete or raced)": len(forwarded),
         "raced out": counts["raced"],
-        "gated (no forward)": gated,
+        "gated (no forward)": counts["gated"],
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
                                                         / max(1, len(forwarded))),
         "best fitness (valid)": best.get("fitness", "-"),
@@ -141,8 +140,9 @@ def main() -> None:
     summaries = {label: summarise(search) for label, search in results.items()}
     labels = [label for label in arms if label in summaries]
     cfg = results["racing + proxies"].config
-    print(f"\nbudget {args.minutes:g} min per run; seed {cfg.seed}; fitness {cfg.fitness_windows}×{cfg.fitness_seqlen} "
-          f"tokens of WikiText-2 valid; racing: min {cfg.race_min_windows} windows, z = {cfg.race_z}")
+    print(f"\nbudget {args.minutes:g} min per run; seed {cfg.seed}; "
+          f"fitness {cfg.fitness_windows}×{cfg.fitness_seqlen} tokens of WikiText-2 valid; "
+          f"racing: min {cfg.race_min_windows} windows, z = {cfg.race_z}")
     print("\n| quantity | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
     for key in summaries[labels[0]]:
         print(f"| {key} | " + " | ".join(str(summaries[label][key]) for label in labels) + " |")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from evaluators import GBLM, Wanda
+from evaluators.fitness import Race
 from evaluators.perplexity import window_nlls
 from metric_search.config import load_config
 from metric_search.final import paired_difference, test_window_nlls
@@ -53,8 +54,6 @@ def main() -> None:
     # complete one (its proxies; with racing, windows one at a time against a rival it never loses to), against
     # one dense forward over the same fitness windows: interleaved in this process in rotating order, so that
     # load and drift hit all three alike.
-    from evaluators.fitness import Race
-
     chosen_fn = compile_tree(parse(search.hall_of_fame_[0]["expression"]))
     never_lost = Race(1e9, cfg.race_min_windows, cfg.race_z) if cfg.racing else None
     timings: dict[str, list[float]] = {"plain": [], "as searched": [], "forward": []}
@@ -81,7 +80,7 @@ def main() -> None:
     computed = [r["seconds"] for r in search.evaluations_ if r["status"] == "ok" and not r["cached"]]
     counts = search.store.checkpoint()["counts"]
 
-    # The chosen metric and the baselines under the hall of fame's test protocol (final.json), on the same
+    # The chosen metric and the baselines under the run's test protocol (test_seqlen, test_windows), on the same
     # statistics, window by window: the paired NLL difference against Wanda says whether a gap is noise.
     contenders = {f"`{search.hall_of_fame_[0]['expression']}` (chosen)": chosen_fn}
     for pruner in (Wanda(), GBLM()):
@@ -119,6 +118,7 @@ def main() -> None:
         mean, se = paired_difference(nll, test_nll["wanda"])
         gap = "-" if name == "wanda" else f"{mean:+.4f} ± {se:.4f}"
         print(f"| {name} | {math.exp(nll.mean().item()):.2f} | {gap} |")
+
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from evaluators.checkpoint import versions
 from primitives import parse, rank_key, simplify_tree, to_string
 
-from .config import SearchConfig, load_config
+from .config import ConfigError, SearchConfig, load_config
 from .evaluation import CandidatePool, fitness_of
 from .store import HALL_OF_FAME, LOGBOOK, RunStore
 from .toolbox import KNOWN_METRICS, build_toolbox, individual
@@ -62,8 +62,6 @@ class MetricSearch:
         saved = store.config()
         base = {k: v for k, v in saved.items() if k not in ("versions", "run_dir")}
         config = load_config(None, overrides, base)
-        from .config import ConfigError
-
         changed = {k for k in problem(base) if problem(config.to_dict())[k] != base[k]}
         if changed:
             raise ConfigError(f"cannot change {', '.join(sorted(changed))} when resuming (it changes every fitness)")
