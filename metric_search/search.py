@@ -131,7 +131,7 @@ class MetricSearch:
             options["reference"] = to_string(population[0]) if population else None
         if len(population) < cfg.population_size:
             return options
-        rivals = records[:self._race_rank()]  # the members a child must beat to change anything
+        rivals = records[:self.race_rank()]  # the members a child must beat to change anything
         if cfg.proxy_gate:
             recon = [r["proxies"].get("recon") for r in rivals if r and r.get("proxies")]
             if recon and len(recon) == len(rivals) and all(v is not None for v in recon):
@@ -141,7 +141,7 @@ class MetricSearch:
             options["race"] = self._race_against(rival)
         return options
 
-    def _race_rank(self) -> int:
+    def race_rank(self) -> int:
         """How many members a child must not be certainly worse than. In steady state parents are drawn
         from the ``top_k`` best, and a member never moves up (only the worst leaves, children enter above
         it), so a child that cannot beat the ``top_k``-th best can never be a parent nor the best: racing

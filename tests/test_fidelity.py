@@ -157,3 +157,37 @@ def test_resume_keeps_the_rival_of_a_racing_run(problem, tmp_path):
             MetricSearch.resume(tmp_path / "run", [override], progress=False)
     search = MetricSearch.resume(tmp_path / "run", ["iterations=2"], progress=False)
     assert int(search.logbook_[-1]["iteration"]) == 2
+
+
+def _record(iteration, fitness, status="ok", window_nll=None):
+    return {"iteration": iteration, "fitness": fitness, "status": status, "window_nll": window_nll or [],
+            "expression": f"{status}-{iteration}-{fitness}"}
+
+
+def test_replay_finds_each_childs_rival():
+    from metric_search.audit import replay_rivals
+
+    records = [_record(0, 10.0), _record(0, 14.0), _record(0, 30.0, "raced"),  # initial population of 3
+               _record(1, 12.0), _record(2, None, "gated"), _record(3, 50.0, "raced"), _record(4, 11.0)]
+    pairs = replay_rivals(records, population_size=3, race_rank=2)
+    rivals = {child["iteration"]: rival["fitness"] for child, rival in pairs}
+    # a raced initial member keeps its partial value; 12 enters, so the 2nd best is 12 from iteration 2 on
+    assert rivals == {1: 14.0, 2: 12.0, 3: 12.0, 4: 12.0}
+    assert [child["iteration"] for child, _ in pairs] == [1, 2, 3, 4]
+
+
+def test_audit_reproduces_the_runs_own_racing_decisions(problem, tmp_path):
+    """Replaying a racing run finds the rival that raced each child out; re-racing a raced child against
+    it stops at the same window, so the audit of gated children applies the run's own rule."""
+    from metric_search.audit import audit_skipped, replay_agrees, replay_rivals
+
+    config = load_config(None, problem + ["iterations=16", "racing=true", "race_min_windows=2", "top_k=3"])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    pairs = replay_rivals(search.evaluations_, config.population_size, search.race_rank())
+    agree, raced = replay_agrees(search, pairs)
+    assert raced > 0 and agree == raced
+    rows = audit_skipped(search, "raced", progress=False)
+    recorded = {c["expression"]: c["fidelity"] for c, _ in pairs if c["status"] == "raced"}
+    assert len(rows) == raced
+    assert all(row["status"] == "raced" and row["windows"] == recorded[row["expression"]] for row in rows)
+    assert not any(row["beats_rival"] for row in rows)
