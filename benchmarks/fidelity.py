@@ -7,7 +7,7 @@
 Run A evaluates every candidate on all fitness windows (``racing=false proxies=false``); run B races them
 (``racing=true``) and records the proxies (``proxies=true``); with ``--gate``, run C also skips the forward
 of a candidate whose reconstruction proxy exceeds that of every member it races against
-(``proxy_gate=true``). All stop when the budget is spent (``max_seconds``) and then measure the test
+(``proxy_gate=true``, with the default ``proxy_gate_margin``). All stop when the budget is spent (``max_seconds``) and then measure the test
 perplexity of their best metrics, paired window by window against A's. ``--racing-run`` takes an existing
 run with racing on (the demo config's own run, from ``benchmarks/search.py``) as run B, and gives the others
 the wall-clock time B's loop took. A finished run already in ``--out/{full,racing,gate}`` with the same
@@ -69,8 +69,16 @@ def proxy_correlations(search) -> dict:
 
 def _reusable(search) -> dict:
     """Run B's config, less what identifies the run, limits its length or sets its fidelity."""
-    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate"}
+    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", "proxy_gate_margin"}
     return {k: v for k, v in search.store.config().items() if k not in drop}
+
+
+def _comparable(config) -> dict:
+    """A run's settings, less those its arm does not use (no racing: no rival; no gate: no margin)."""
+    settings = config.to_dict()
+    unused = [] if settings["racing"] else ["race_against", "race_min_windows", "race_z"]
+    unused += [] if settings["proxy_gate"] else ["proxy_gate_margin"]
+    return {k: v for k, v in settings.items() if k not in unused}
 
 
 def paired_against_full(results: dict, labels: list[str]) -> dict:
@@ -132,7 +140,7 @@ def main() -> None:
         config = load_config(None, overrides, base) if base else load_config(args.config, overrides)
         if (run_dir / "final.json").exists() and not args.fresh:
             earlier = MetricSearch.from_run(run_dir)
-            if earlier.config == config:  # finished earlier with exactly these settings: read, not rerun
+            if _comparable(earlier.config) == _comparable(config):  # finished with these settings: read it
                 results[label] = earlier
                 continue
         shutil.rmtree(run_dir, ignore_errors=True)

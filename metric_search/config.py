@@ -61,7 +61,8 @@ class SearchConfig:
     race_min_windows: int = 2
     race_z: float = 2.0
     proxies: bool = False  # record the recon and overlap proxies of every candidate
-    proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against
+    proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against...
+    proxy_gate_margin: float = 1.05  # ...times this: near-ties in recon say nothing about perplexity
     successive_halving: bool = False  # generational: offspring on few windows, the better half on more
     halving_min_windows: int = 2
     max_seconds: float = 0.0  # wall-clock budget of one invocation (0: none)
@@ -87,6 +88,9 @@ class SearchConfig:
             raise ConfigError(f"mode must be 'steady' or 'generational', got {self.mode!r}")
         if self.race_against not in ("top_k", "worst"):
             raise ConfigError(f"race_against must be 'top_k' or 'worst', got {self.race_against!r}")
+        if self.proxy_gate_margin < 1:
+            raise ConfigError(f"proxy_gate_margin must be ≥ 1 (a gate below the rivals' own recon skips members "
+                              f"as good as them), got {self.proxy_gate_margin}")
         if self.grad_norm not in ("l1", "l2"):
             raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
         positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",

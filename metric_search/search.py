@@ -35,7 +35,8 @@ from .worker import evaluator_for, problem
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
 # What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
-RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "proxy_gate")
+RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "proxy_gate",
+              "proxy_gate_margin")
 LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "raced", "gated", "halved",
                "windows", "best_fitness", "median_fitness", "best_expression", "elapsed_s"]
 
@@ -135,7 +136,7 @@ class MetricSearch:
         if cfg.proxy_gate:
             recon = [r["proxies"].get("recon") for r in rivals if r and r.get("proxies")]
             if recon and len(recon) == len(rivals) and all(v is not None for v in recon):
-                options["gate"] = max(recon)
+                options["gate"] = max(recon) * cfg.proxy_gate_margin
         rival = rivals[-1] if rivals else None
         if cfg.racing and rival and rival["status"] in ("ok", "raced"):
             options["race"] = self._race_against(rival)

@@ -17,6 +17,8 @@ from pathlib import Path
 from evaluators.checkpoint import write_json_atomic
 
 CONFIG, EVALUATIONS, CHECKPOINT = "config.json", "evaluations.jsonl", "checkpoint.json"
+# Runs made before a key existed behaved as these values say (not as today's defaults).
+LEGACY_DEFAULTS = {"race_against": "worst", "proxy_gate_margin": 1.0}
 HALL_OF_FAME, LOGBOOK = "hall_of_fame.csv", "logbook.csv"
 
 
@@ -67,7 +69,8 @@ class RunStore:
         return cls(path)
 
     def config(self) -> dict:
-        return json.loads((self.path / CONFIG).read_text())
+        """The saved config; a key added after the run was made gets the value the run was made with."""
+        return {**LEGACY_DEFAULTS, **json.loads((self.path / CONFIG).read_text())}
 
     def write_config(self, config: dict) -> None:
         write_json_atomic(self.path / CONFIG, config)

@@ -128,7 +128,7 @@ def test_race_and_gate_reference_the_member_a_child_must_beat(problem, tmp_path,
     from primitives import rank_key
 
     config = load_config(None, problem + ["iterations=0", "racing=true", "proxy_gate=true", "top_k=3",
-                                          f"race_against={against}"])
+                                          f"race_against={against}", "proxy_gate_margin=1.2"])
     search = MetricSearch(config, progress=False).fit(tmp_path / "run")
     population, _ = search._restore(search.store.checkpoint())
     for i, ind in enumerate(population):  # members 1..6, each with its own windows and recon
@@ -136,14 +136,28 @@ def test_race_and_gate_reference_the_member_a_child_must_beat(problem, tmp_path,
                                              "proxies": {"recon": 0.1 * (i + 1)}}
     options = search._options(population)
     assert options["race"]["reference_nll"] == [float(rank - 1)] * 6
-    assert options["gate"] == pytest.approx(0.1 * rank)
+    assert options["gate"] == pytest.approx(0.1 * rank * 1.2)  # above every rival's recon, with a margin
 
 
-def test_race_against_must_be_known(problem):
+def test_race_against_and_gate_margin_must_be_valid(problem):
     from metric_search.config import ConfigError
 
     with pytest.raises(ConfigError, match="race_against"):
         load_config(None, problem + ["race_against=median"])
+    with pytest.raises(ConfigError, match="proxy_gate_margin"):
+        load_config(None, problem + ["proxy_gate_margin=0.9"])
+
+
+def test_a_run_saved_before_a_key_existed_reads_as_it_ran(problem, tmp_path):
+    config = load_config(None, problem + ["iterations=0", "racing=true"])
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("race_against", "proxy_gate_margin"):
+        del saved[key]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    old = MetricSearch.from_run(tmp_path / "run").config
+    assert (old.race_against, old.proxy_gate_margin) == ("worst", 1.0)
+    assert search.config.race_against == "top_k"
 
 
 def test_resume_keeps_the_rival_of_a_racing_run(problem, tmp_path):
@@ -152,7 +166,7 @@ def test_resume_keeps_the_rival_of_a_racing_run(problem, tmp_path):
 
     config = load_config(None, problem + ["iterations=1", "racing=true", "top_k=3"])
     MetricSearch(config, progress=False).fit(tmp_path / "run")
-    for override in ("top_k=5", "race_against=worst", "race_z=1"):
+    for override in ("top_k=5", "race_against=worst", "race_z=1", "proxy_gate_margin=1.5"):
         with pytest.raises(ConfigError, match="old rival"):
             MetricSearch.resume(tmp_path / "run", [override], progress=False)
     search = MetricSearch.resume(tmp_path / "run", ["iterations=2"], progress=False)
