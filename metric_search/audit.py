@@ -15,21 +15,13 @@ raced out against the seeds keeps its partial perplexity), exactly as ``MetricSe
 """
 from __future__ import annotations
 
-import math
-
 from tqdm.auto import tqdm
 
 from evaluators.fitness import Race
 from primitives import compile_tree, parse
 
-from .evaluation import fitness_of
+from .evaluation import member_fitness
 from .worker import evaluator_for, problem
-
-
-def _rank_value(record: dict) -> float:
-    if record["iteration"] == 0 and record["status"] == "raced" and record["fitness"] is not None:
-        return record["fitness"]
-    return fitness_of(record)
 
 
 def replay_rivals(records: list[dict], population_size: int, race_rank: int) -> list[tuple[dict, dict]]:
@@ -46,15 +38,14 @@ def replay_rivals(records: list[dict], population_size: int, race_rank: int) -> 
             rival = population[race_rank - 1][1] if full else None
         if rival is not None:
             pairs.append((record, rival))
-        population.append((_rank_value(record), record))
+        population.append((member_fitness(record, record["iteration"] == 0), record))
         population.sort(key=lambda pair: pair[0])  # stable: among ties the older member stays first
         del population[population_size:]
     return pairs
 
 
 def race_for(search, rival: dict) -> Race:
-    cfg = search.config
-    return Race(rival["window_nll"] or math.log(rival["fitness"]), cfg.race_min_windows, cfg.race_z)
+    return Race(**search.race_options(rival))
 
 
 def replay_agrees(search, pairs: list[tuple[dict, dict]]) -> tuple[int, int]:

@@ -32,6 +32,14 @@ def fitness_of(record: dict) -> float:
     return record["fitness"] if record["status"] == "ok" and record["fitness"] is not None else math.inf
 
 
+def member_fitness(record: dict, initial: bool = False) -> float:
+    """A population member's fitness: ``fitness_of``, except that an initial member raced out against the
+    seeds keeps its partial perplexity (see ``MetricSearch._assign``)."""
+    if initial and record["status"] == "raced" and record["fitness"] is not None:
+        return record["fitness"]
+    return fitness_of(record)
+
+
 def _job(index: int, spec: dict, expression: str, known: dict, options: dict) -> tuple[int, dict]:
     return index, evaluate_expression(spec, expression, known, options)
 

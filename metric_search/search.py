@@ -28,7 +28,7 @@ from evaluators.checkpoint import versions
 from primitives import parse, rank_key, simplify_tree, to_string
 
 from .config import ConfigError, SearchConfig, load_config
-from .evaluation import CandidatePool, fitness_of
+from .evaluation import CandidatePool, fitness_of, member_fitness
 from .store import HALL_OF_FAME, LOGBOOK, RunStore
 from .toolbox import KNOWN_METRICS, build_toolbox, individual
 from .worker import evaluator_for, problem
@@ -139,7 +139,7 @@ class MetricSearch:
                 options["gate"] = max(recon) * cfg.proxy_gate_margin
         rival = rivals[-1] if rivals else None
         if cfg.racing and rival and rival["status"] in ("ok", "raced"):
-            options["race"] = self._race_against(rival)
+            options["race"] = self.race_options(rival)
         return options
 
     def race_rank(self) -> int:
@@ -153,7 +153,8 @@ class MetricSearch:
             return min(cfg.top_k, cfg.population_size)
         return cfg.population_size
 
-    def _race_against(self, record: dict) -> dict:
+    def race_options(self, record: dict) -> dict:
+        """``Race`` fields for racing a child against ``record`` (its windows, else its mean NLL)."""
         cfg = self.config
         reference = record["window_nll"] or math.log(record["fitness"])
         return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
@@ -168,7 +169,7 @@ class MetricSearch:
             first = self.pool.evaluate(population[:seeded], 0, options, bar)
             complete = [r for r in first if r["status"] == "ok"]
             if complete:
-                options = {**options, "race": self._race_against(max(complete, key=fitness_of))}
+                options = {**options, "race": self.race_options(max(complete, key=fitness_of))}
             return first + self.pool.evaluate(population[seeded:], 0, options, bar)
 
     def _initial_population(self) -> tuple[list, int]:
@@ -247,8 +248,7 @@ class MetricSearch:
         perplexity: it is certainly worse than every seed, and a finite value keeps the population full
         and ordered (it is the first to be replaced, and the racing reference while it is the worst)."""
         for ind, record in zip(individuals, records):
-            partial = initial and record["status"] == "raced" and record["fitness"] is not None
-            ind.fitness.values = (record["fitness"] if partial else fitness_of(record),)
+            ind.fitness.values = (member_fitness(record, initial),)
 
     # ---------------------------------------------------------------- persistence
     def _checkpoint(self, population: list, iteration: int) -> None:
