@@ -39,6 +39,14 @@ def summarise(search) -> dict:
     counts = search.store.checkpoint()["counts"]
     forwarded = [r for r in records if not r["cached"] and r["status"] in ("ok", "raced", "halved")]
     best = search.hall_of_fame_[0] if search.hall_of_fame_ else {}
+    initial = [r for r in records if r["iteration"] == 0]
+    children = [r for r in records if r["iteration"] > 0 and not r["cached"]]
+    complete = [r for r in children if r["status"] == "ok"]
+    loop_seconds = float(search.logbook_[-1]["elapsed_s"])
+    # A child that beats its rival must be evaluated in full, so at this run's share of such children even
+    # free rejections would give only this many candidates in the same time.
+    ceiling = len(initial) + (loop_seconds - sum(r["seconds"] for r in initial)) * len(children) / max(
+        1e-9, sum(r["seconds"] for r in complete))
     return {
         "search loop wall time (min)": round(float(search.logbook_[-1]["elapsed_s"]) / 60, 1),
         "distinct candidates evaluated": len(records),
@@ -47,6 +55,8 @@ def summarise(search) -> dict:
         "gated (no forward)": counts["gated"],
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
                                                         / max(1, len(forwarded))),
+        "children evaluated in full": f"{len(complete)} of {len(children)} ({len(complete) / max(1, len(children)):.0%})",
+        "candidates if every rejection were free": round(ceiling),
         "best fitness (valid)": best.get("fitness", "-"),
         "best metric": f"`{best.get('expression', '-')}`",
         "its WikiText-2 test perplexity": best.get("test_perplexity", "-"),
@@ -69,7 +79,8 @@ def proxy_correlations(search) -> dict:
 
 def _reusable(search) -> dict:
     """Run B's config, less what identifies the run, limits its length or sets its fidelity."""
-    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", "proxy_gate_margin"}
+    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", "proxy_gate_margin",
+            "proxy_gate_rows"}
     return {k: v for k, v in search.store.config().items() if k not in drop}
 
 
@@ -77,7 +88,7 @@ def _comparable(config) -> dict:
     """A run's settings, less those its arm does not use (no racing: no rival; no gate: no margin)."""
     settings = config.to_dict()
     unused = [] if settings["racing"] else ["race_against", "race_min_windows", "race_z"]
-    unused += [] if settings["proxy_gate"] else ["proxy_gate_margin"]
+    unused += [] if settings["proxy_gate"] else ["proxy_gate_margin", "proxy_gate_rows"]
     return {k: v for k, v in settings.items() if k not in unused}
 
 
@@ -114,11 +125,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--racing-run", help="an existing run with racing on, used as run B")
     parser.add_argument("--gate", action="store_true", help="add run C: racing with the recon proxy gate")
+    parser.add_argument("--skip-racing", action="store_true", help="leave out run B (with --gate: A and C only)")
     parser.add_argument("--fresh", action="store_true", help="rerun arms whose finished run is already in --out")
     parser.add_argument("--out", default="runs/bench-fidelity")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    arms = {label: extra for label, extra in ARMS.items() if args.gate or "gate" not in label}
+    arms = {label: extra for label, extra in ARMS.items() if (args.gate or "gate" not in label)
+            and not (args.skip_racing and label == "racing + proxies" and not args.racing_run)}
+    if len(arms) < 2:
+        raise SystemExit("error: --skip-racing leaves nothing to compare with full evaluation; add --gate")
     results = {}
     base = None
     if args.racing_run:
@@ -147,7 +162,8 @@ def main() -> None:
         results[label] = MetricSearch(config).fit(run_dir)
     summaries = {label: summarise(search) for label, search in results.items()}
     labels = [label for label in arms if label in summaries]
-    cfg = results["racing + proxies"].config
+    proxied = results[labels[1]]  # B, or C when B is left out: both record the proxies
+    cfg = proxied.config
     print(f"\nbudget {args.minutes:g} min per run; seed {cfg.seed}; "
           f"fitness {cfg.fitness_windows}×{cfg.fitness_seqlen} tokens of WikiText-2 valid; "
           f"racing: min {cfg.race_min_windows} windows, z = {cfg.race_z}")
@@ -164,7 +180,7 @@ def main() -> None:
     for label, paired in paired_against_full(results, labels).items():
         summaries[label].update(paired)
     print("\n| proxy | candidates | Spearman ρ with log perplexity | p | n |\n|---|---|---|---|---|")
-    for (name, scope), (rho, p, n) in proxy_correlations(results["racing + proxies"]).items():
+    for (name, scope), (rho, p, n) in proxy_correlations(proxied).items():
         print(f"| {name} | {scope} | {rho:.3f} | {p:.2g} | {n} |")
     write_json_atomic(Path(args.out) / "summary.json", summaries)
 

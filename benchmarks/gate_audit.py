@@ -58,7 +58,7 @@ def main() -> None:
         print(f"| {key} | {value} |")
     for row in false_skips:
         print(f"false skip at iteration {row['iteration']}: {row['expression']} "
-              f"({row['perplexity']:.3f} < {row['rival_fitness']:.3f}; recon {row['proxies'].get('recon')})")
+              f"({row['perplexity']:.3f} < {row['rival_fitness']:.3f}; proxies {row['proxies']})")
     write_json_atomic(Path(args.run_dir) / "gate_audit.json", {"summary": summary, "rows": rows})
 
 

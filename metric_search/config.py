@@ -63,6 +63,7 @@ class SearchConfig:
     proxies: bool = False  # record the recon and overlap proxies of every candidate
     proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against...
     proxy_gate_margin: float = 1.05  # ...times this: near-ties in recon say nothing about perplexity
+    proxy_gate_rows: int = 8  # first estimate recon on 1 row in this many; 1: always the exact recon
     successive_halving: bool = False  # generational: offspring on few windows, the better half on more
     halving_min_windows: int = 2
     max_seconds: float = 0.0  # wall-clock budget of one invocation (0: none)
@@ -95,7 +96,7 @@ class SearchConfig:
             raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
         positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",
                     "batch_size", "max_height", "top_k", "tournament_size", "offspring", "max_regenerate",
-                    "race_min_windows", "halving_min_windows")
+                    "race_min_windows", "halving_min_windows", "proxy_gate_rows")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")

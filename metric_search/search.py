@@ -137,6 +137,7 @@ class MetricSearch:
             recon = [r["proxies"].get("recon") for r in rivals if r and r.get("proxies")]
             if recon and len(recon) == len(rivals) and all(v is not None for v in recon):
                 options["gate"] = max(recon) * cfg.proxy_gate_margin
+                options["gate_rows"] = cfg.proxy_gate_rows
         rival = rivals[-1] if rivals else None
         if cfg.racing and rival and rival["status"] in ("ok", "raced"):
             options["race"] = self.race_options(rival)

@@ -78,7 +78,8 @@ def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict
 
     ``options`` (all optional): ``start``/``stop`` (window range), ``race`` (``Race`` fields),
     ``proxies`` (bool), ``reference`` (best expression, for the overlap proxy), ``gate`` (skip the
-    forward when the ``recon`` proxy exceeds this value).
+    forward when the ``recon`` proxy exceeds this value), ``gate_rows`` (estimate it on 1 row in this many
+    first).
     """
     from evaluators.fitness import FitnessResult, Race
     from primitives import compile_tree, parse
@@ -94,5 +95,5 @@ def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict
     evaluator.reference_masks = _reference_masks(evaluator, options.get("reference")) if evaluator.proxies else None
     race = Race(**options["race"]) if options.get("race") else None
     result = evaluator.evaluate(fn, known_masks, race, options.get("start", 0), options.get("stop"),
-                                options.get("gate"))
+                                options.get("gate"), options.get("gate_rows", 1))
     return {**result.to_dict(), "worker": os.getpid()}

@@ -68,6 +68,23 @@ def test_proxies_and_gate(evaluator):
     assert evaluator.evaluate(GOOD).proxies["overlap"] == pytest.approx(1.0)
 
 
+def test_sampled_gate_skips_only_far_above_the_gate_and_changes_nothing_else(evaluator):
+    from evaluators.fitness import SAMPLED_GATE_FACTOR
+
+    evaluator.proxies = True
+    good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
+    scores = {name: evaluator.layer_scores(BAD, name) for name in evaluator.dense}
+    assert evaluator.recon_estimate(scores, 1) == pytest.approx(bad.proxies["recon"])  # every row: exact
+    estimate = evaluator.recon_estimate(scores, 2)
+    skipped = evaluator.evaluate(BAD, gate=estimate / SAMPLED_GATE_FACTOR * 0.99, gate_rows=2)
+    assert skipped.status == "gated" and skipped.mask_hash is None
+    assert skipped.proxies == {"recon_sampled": pytest.approx(estimate)}
+    for fn, gate in ((BAD, estimate / SAMPLED_GATE_FACTOR), (GOOD, good.proxies["recon"] * 1.01)):
+        exact, sampled = evaluator.evaluate(fn, gate=gate), evaluator.evaluate(fn, gate=gate, gate_rows=2)
+        assert (sampled.status, sampled.fitness, sampled.mask_hash, sampled.proxies) == \
+            (exact.status, exact.fitness, exact.mask_hash, exact.proxies)  # not skipped: the exact rule decides
+
+
 @pytest.fixture
 def problem(tiny_checkpoint, text_dir):
     return [f"model={json.dumps(str(tiny_checkpoint))}", f"data={json.dumps('text:' + str(text_dir))}",
@@ -146,17 +163,19 @@ def test_race_against_and_gate_margin_must_be_valid(problem):
         load_config(None, problem + ["race_against=median"])
     with pytest.raises(ConfigError, match="proxy_gate_margin"):
         load_config(None, problem + ["proxy_gate_margin=0.9"])
+    with pytest.raises(ConfigError, match="proxy_gate_rows"):
+        load_config(None, problem + ["proxy_gate_rows=0"])
 
 
 def test_a_run_saved_before_a_key_existed_reads_as_it_ran(problem, tmp_path):
     config = load_config(None, problem + ["iterations=0", "racing=true"])
     search = MetricSearch(config, progress=False).fit(tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    for key in ("race_against", "proxy_gate_margin"):
+    for key in ("race_against", "proxy_gate_margin", "proxy_gate_rows"):
         del saved[key]
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
     old = MetricSearch.from_run(tmp_path / "run").config
-    assert (old.race_against, old.proxy_gate_margin) == ("worst", 1.0)
+    assert (old.race_against, old.proxy_gate_margin, old.proxy_gate_rows) == ("worst", 1.0, 1)
     assert search.config.race_against == "top_k"
 
 
