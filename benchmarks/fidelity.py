@@ -7,13 +7,19 @@
 Run A evaluates every candidate on all fitness windows (``racing=false proxies=false``); run B races them
 (``racing=true``) and records the proxies (``proxies=true``); with ``--gate``, run C also skips the forward
 of a candidate whose reconstruction proxy exceeds that of every member it races against
-(``proxy_gate=true``, with the default ``proxy_gate_margin``). All stop when the budget is spent (``max_seconds``) and then measure the test
-perplexity of their best metrics, paired window by window against A's. ``--racing-run`` takes an existing
-run with racing on (the demo config's own run, from ``benchmarks/search.py``) as run B, and gives the others
-the wall-clock time B's loop took. A finished run already in ``--out/{full,racing,gate}`` with the same
-config is read, not rerun (``--fresh`` reruns it). Also prints how well each proxy predicts perplexity
-(Spearman ρ over B's complete evaluations, and over all its forwarded candidates), which decides whether the
-gate is worth turning on.
+(``proxy_gate=true``, with the default margin and row sample). All stop when the budget is spent
+(``max_seconds``) and then measure the test perplexity of their best metrics, paired window by window
+against A's. ``--racing-run`` takes an existing run with racing on (the demo config's own run, from
+``benchmarks/search.py``) as run B, and gives the others the wall-clock time B's loop took;
+``--skip-racing`` leaves B out (A and C only). A finished run already
+in ``--out/{full,racing,gate}`` with the same config is read, not rerun (``--fresh`` reruns it).
+
+A child that beats its rival must be evaluated in full under any of these rules, so the table also gives
+each run's share of children evaluated in full and the candidates it would have evaluated if every
+rejection (raced or gated child) had cost nothing: the most any cheaper rejection could reach at that
+share. Also prints how well each proxy predicts perplexity (Spearman ρ over B's complete evaluations, and
+over all its forwarded candidates; C's when B is left out), which decides whether the gate is worth turning
+on.
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ def summarise(search) -> dict:
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
                                                         / max(1, len(forwarded))),
         "children evaluated in full": f"{len(complete)} of {len(children)} ({len(complete) / max(1, len(children)):.0%})",
+        "seconds per full evaluation (mean; the machine's speed)": round(
+            sum(r["seconds"] for r in complete) / max(1, len(complete)), 2),
         "candidates if every rejection were free": round(ceiling),
         "best fitness (valid)": best.get("fitness", "-"),
         "best metric": f"`{best.get('expression', '-')}`",
