@@ -80,7 +80,7 @@ class Race:
 
 # A sampled ``recon`` estimate skips the full masks only above this multiple of the gate. On the 452
 # distinct candidates of seven recorded SmolLM2 runs (two seeds), the estimate from one row in 8 was at most
-# 1.16× the exact value (``benchmarks/gate_estimate.py``); a skip needs it to be 1.25× the gate or more.
+# 1.16× the exact value (``benchmarks/gate_estimate.py``); a skip needs more than 1.25× the gate.
 SAMPLED_GATE_FACTOR = 1.25
 
 
