@@ -134,24 +134,25 @@ class FitnessEvaluator:
         """``recon`` from every ``every``-th output row of each layer. Masks are chosen within a row (or an
         N:M group of it), so those rows' masks are exact and only the average over rows is estimated;
         selecting one row in ``every`` costs about ``1/every`` of the full masks."""
-        values = []
-        for name, layer in scores.items():
-            x = self.stats.get(name, {}).get("X")
-            if x is not None:
-                energy = self.dense[name][::every].square().mul_(x.square())
-                pruned = energy.mul(make_mask(layer[::every], self.sparsity, self.structure)).sum().item()
-                values.append(pruned / max(energy.sum().item(), 1e-30))
+        rows = slice(None, None, every)
+        values = [self._pruned_share(name, make_mask(layer[rows], self.sparsity, self.structure), rows)
+                  for name, layer in scores.items() if "X" in self.stats.get(name, {})]
         return float(np.mean(values)) if values else -math.inf
+
+    @torch.no_grad()
+    def _pruned_share(self, name: str, mask: torch.Tensor, rows: slice = slice(None)) -> float:
+        """The share of a layer's ``W²·X²`` energy (its ``rows`` only) that ``mask`` prunes: its ``recon``."""
+        # in place: a search pays this once per candidate, over every weight
+        energy = self.dense[name][rows].square().mul_(self.stats[name]["X"].square())
+        total = energy.sum().item()
+        return energy.mul_(mask).sum().item() / max(total, 1e-30)
 
     @torch.no_grad()
     def proxy_values(self, masks: dict[str, torch.Tensor]) -> dict:
         recon, overlap, pruned = [], 0, 0
         for name, mask in masks.items():
-            x = self.stats.get(name, {}).get("X")
-            if x is not None:  # in place: a search pays this once per candidate, over every weight
-                energy = self.dense[name].square().mul_(x.square())
-                total = energy.sum().item()
-                recon.append(energy.mul_(mask).sum().item() / max(total, 1e-30))
+            if "X" in self.stats.get(name, {}):
+                recon.append(self._pruned_share(name, mask))
             if self.reference_masks is not None:
                 overlap += mask.logical_and(self.reference_masks[name]).sum().item()
                 pruned += mask.sum().item()
