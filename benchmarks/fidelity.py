@@ -49,12 +49,13 @@ def summarise(search) -> dict:
     children = [r for r in records if r["iteration"] > 0 and not r["cached"]]
     complete = [r for r in children if r["status"] == "ok"]
     loop_seconds = float(search.logbook_[-1]["elapsed_s"])
+    complete_seconds = sum(r["seconds"] for r in complete)
     # A child that beats its rival must be evaluated in full, so at this run's share of such children even
     # free rejections would give only this many candidates in the same time.
     ceiling = len(initial) + (loop_seconds - sum(r["seconds"] for r in initial)) * len(children) / max(
-        1e-9, sum(r["seconds"] for r in complete))
+        1e-9, complete_seconds)
     return {
-        "search loop wall time (min)": round(float(search.logbook_[-1]["elapsed_s"]) / 60, 1),
+        "search loop wall time (min)": round(loop_seconds / 60, 1),
         "distinct candidates evaluated": len(records),
         "of which with a perplexity (complete or raced)": len(forwarded),
         "raced out": counts["raced"],
@@ -62,8 +63,7 @@ def summarise(search) -> dict:
         "forward tokens per forwarded candidate": round(sum(r["fidelity"] for r in forwarded) * cfg.fitness_seqlen
                                                         / max(1, len(forwarded))),
         "children evaluated in full": f"{len(complete)} of {len(children)} ({len(complete) / max(1, len(children)):.0%})",
-        "seconds per full evaluation (mean; the machine's speed)": round(
-            sum(r["seconds"] for r in complete) / max(1, len(complete)), 2),
+        "seconds per full evaluation (mean; the machine's speed)": round(complete_seconds / max(1, len(complete)), 2),
         "candidates if every rejection were free": round(ceiling),
         "best fitness (valid)": best.get("fitness", "-"),
         "best metric": f"`{best.get('expression', '-')}`",
@@ -85,18 +85,21 @@ def proxy_correlations(search) -> dict:
     return out
 
 
+# The settings that only matter with racing on, and with the gate on (one list each, for both helpers below).
+RACE_SETTINGS = ("race_against", "race_min_windows", "race_z")
+GATE_SETTINGS = ("proxy_gate_margin", "proxy_gate_rows")
+
+
 def _reusable(search) -> dict:
     """Run B's config, less what identifies the run, limits its length or sets its fidelity."""
-    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", "proxy_gate_margin",
-            "proxy_gate_rows"}
+    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", *GATE_SETTINGS}
     return {k: v for k, v in search.store.config().items() if k not in drop}
 
 
 def _comparable(config) -> dict:
     """A run's settings, less those its arm does not use (no racing: no rival; no gate: no margin)."""
     settings = config.to_dict()
-    unused = [] if settings["racing"] else ["race_against", "race_min_windows", "race_z"]
-    unused += [] if settings["proxy_gate"] else ["proxy_gate_margin", "proxy_gate_rows"]
+    unused = (() if settings["racing"] else RACE_SETTINGS) + (() if settings["proxy_gate"] else GATE_SETTINGS)
     return {k: v for k, v in settings.items() if k not in unused}
 
 
