@@ -57,7 +57,7 @@ def gradient_cost(model, calibration) -> str:
     windows = calibration.windows
     full, regional = [], []
     for _ in range(2):  # alternate and keep the best of each: other jobs on the machine add noise
-        full.append(timed_cpu(lambda: gradient_norms(model, windows, progress=False))[1:])
+        full.append(timed_cpu(lambda: gradient_norms(model, windows, "l2", progress=False))[1:])
         regional.append(timed_cpu(lambda: regional_gradient_norms(model, windows, batch_size=2, progress=False))[1:])
     (fw, fc), (rw, rc) = [tuple(min(t[i] for t in runs) for i in (0, 1)) for runs in (full, regional)]
     return (f"gradients over {windows.shape[0]}×{windows.shape[1]} calibration tokens (best of 2): GBLM full-model "

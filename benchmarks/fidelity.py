@@ -86,7 +86,7 @@ def proxy_correlations(search) -> dict:
 
 
 # The settings that only matter with racing on, and with the gate on (one list each, for both helpers below).
-RACE_SETTINGS = ("race_against", "race_min_windows", "race_z")
+RACE_SETTINGS = ("race_against", "race_min_windows", "race_z", "race_chunk")
 GATE_SETTINGS = ("proxy_gate_margin", "proxy_gate_rows")
 
 

@@ -53,7 +53,7 @@ def main() -> None:
     for record in tqdm(records, desc="candidates"):
         fn = compile_tree(parse(record["expression"]))
         begin = time.perf_counter()
-        scores = {name: evaluator.layer_scores(fn, name) for name in evaluator.dense}
+        scores = {name: evaluator.layer_scores(fn, name) for name in evaluator.linears}
         scored = time.perf_counter() - begin
         for rows in args.rows:
             begin = time.perf_counter()

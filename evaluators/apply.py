@@ -47,7 +47,8 @@ class PruneReport:
 
 
 def checked_scores(pruner, weight: torch.Tensor, stats: dict, name: str) -> torch.Tensor:
-    scores = pruner.score(weight.float(), stats)
+    """The pruner's float32 scores for one layer, whatever the model's dtype; raises ``ScoreError``."""
+    scores = pruner.score(weight.float(), {kind: value.float() for kind, value in stats.items()})
     try:  # a score built from X alone is (1, in): every row ranks the same way
         scores = torch.broadcast_to(scores, weight.shape)
     except RuntimeError:

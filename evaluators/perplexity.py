@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .devices import input_device
+
 
 @dataclass
 class PerplexityResult:
@@ -34,7 +36,7 @@ class PerplexityResult:
 @torch.no_grad()
 def window_nlls(model, windows: torch.Tensor, batch_size: int = 4, progress: bool = False) -> torch.Tensor:
     """Mean next-token NLL of each window (float64, shape ``(n_windows,)``)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = []
     for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
         batch = batch.to(device)

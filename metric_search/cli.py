@@ -42,6 +42,21 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="recompute statistics instead of using the cache")
 
 
+def _add_device_flags(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (accelerate's device map over the "
+                                                   "visible GPUs) (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="model precision (default: float32 on the CPU, bfloat16 on a GPU)")
+
+
+def _placement(args) -> tuple[str, "torch.dtype"]:
+    """``--device``/``--dtype`` checked before anything is loaded (a missing GPU is a user error)."""
+    from evaluators.devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
+
+
 def build_pruner(args):
     """The pruner named by ``--method`` (or any metric reference given to ``--metric``) with its options."""
     from evaluators import get_pruner
@@ -57,6 +72,7 @@ def build_pruner(args):
 
 def cmd_prune(args) -> int:
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
+    from evaluators.devices import dtype_name
     from evaluators.pruners import BASELINES
 
     sparsity, structure = _sparsity_and_structure(args.sparsity, args.structure)
@@ -69,20 +85,23 @@ def cmd_prune(args) -> int:
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output {out} already exists and is not an empty directory")
+    device, dtype = _placement(args)
     pruner = build_pruner(args)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device, dtype)
     calibration = None
     if pruner.needs or args.sequential:
         windows, spec = calibration_windows(tokenizer, args.calib_data, args.nsamples, args.calib_seqlen,
                                             args.seed, args.data_dir)
         calibration = Calibration(windows, spec.describe(), use_cache=not args.no_cache)
     report = pruner.prune(model, calibration, sparsity, structure, sequential=args.sequential)
-    recipe = {"model": args.model, "pruner": pruner.describe(), **report.to_dict(),
+    recipe = {"model": args.model, "device": device, "dtype": dtype_name(dtype), "pruner": pruner.describe(),
+              **report.to_dict(),
               "seconds_total": time.perf_counter() - t0}
     save_pruned(model, tokenizer, out, recipe)
     print(f"pruned {args.model} with {pruner.name} ({report.structure}, sequential={report.sequential}): "
-          f"achieved sparsity {report.overall_sparsity:.4f} over {len(report.layer_sparsity)} layers → {out}")
+          f"achieved sparsity {report.overall_sparsity:.4f} over {len(report.layer_sparsity)} layers → {out} "
+          f"({dtype_name(dtype)})")
     return 0
 
 
@@ -91,7 +110,7 @@ def cmd_eval(args) -> int:
 
     if args.seqlen < 2 or (args.max_windows is not None and args.max_windows < 1):
         raise UsageError("--seqlen must be ≥ 2 and --max-windows ≥ 1")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, *_placement(args))
     windows, spec = evaluation_windows(tokenizer, args.data, args.split, args.seqlen, args.max_windows,
                                        args.data_dir)
     result = perplexity(model, windows, spec.describe(), batch_size=args.batch_size)
@@ -151,10 +170,11 @@ def cmd_analyze(args) -> int:
             _sparsity_and_structure(args.sparsity, args.structure)  # fail before loading the model
         if args.reevaluate_top < 1 or args.windows < 0 or args.seqlen < 2:
             raise UsageError("--reevaluate-top must be ≥ 1, --windows ≥ 0 and --seqlen ≥ 2")
+        device, dtype = _placement(args)
 
         reevaluation = reevaluate(args.run_dirs[0], top=args.reevaluate_top, sequential=not args.one_shot,
                                   sparsity=args.sparsity, structure=args.structure, split=args.split,
-                                  windows=args.windows, seqlen=args.seqlen, device=args.device)
+                                  windows=args.windows, seqlen=args.seqlen, device=device, dtype=dtype)
     summary = analyze_run(args.run_dirs[0], args.output, args.top, plots=not args.no_plots,
                           reevaluation=reevaluation, partial=not args.full_only)
     print("\n".join(f"- {p}" for p in summary["principles"]))
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", default=None, help="besa: metric giving the within-row ranking, any --metric "
                                                  "reference (default: wanda)")
     p.add_argument("--output", required=True, help="directory for the pruned checkpoint (must not exist)")
+    _add_device_flags(p)
     _add_calibration_flags(p)
     p.set_defaults(func=cmd_prune)
 
@@ -207,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
     p.add_argument("--data-dir", default=None, help="folder holding wikitext-2/ (default: $METRIC_SEARCH_DATA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("search", help="evolve pruning metrics with genetic programming")
@@ -248,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", help="perplexity split (default: test)")
     g.add_argument("--windows", type=int, default=16, help="perplexity windows, 0 = whole split (default: 16)")
     g.add_argument("--seqlen", type=int, default=512, help="tokens per window (default: 512)")
-    g.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
+    _add_device_flags(g)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("ops", help="print the operator table of the search space")
@@ -267,6 +289,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from evaluators import DataError, MaskError, ModelError
+    from evaluators.devices import DeviceError
     from primitives import ExpressionError
 
     from .config import ConfigError
@@ -277,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError, ExpressionError,
-            ConfigError, RunError, MetricError) as err:
+            ConfigError, RunError, MetricError, DeviceError) as err:
         print(f"metric-search {args.command}: error: {_one_line(err).strip(chr(39))}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

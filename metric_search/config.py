@@ -12,6 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluators.devices import DTYPES, DeviceError, dtype_name, resolve_device, resolve_dtype
+from evaluators.fingerprint import SCHEMES
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is one line for the user."""
@@ -26,7 +29,10 @@ class SearchConfig:
     model: str = "smollm2"
     sparsity: float = 0.5
     structure: str = "unstructured"
-    device: str = "cpu"
+    # where it runs (evaluators/devices.py); empty values are settled from the device when a run starts
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (accelerate's device map over the visible GPUs)
+    dtype: str = ""  # float32 | bfloat16 | float16; empty: float32 on the CPU, bfloat16 on a GPU
+    mask_fingerprint: str = ""  # host | device (evaluators/fingerprint.py); empty: host on the CPU, else device
     # data: calibration windows (random, valid's first region) and fitness windows (valid's second region)
     data: str = "wikitext2"
     data_dir: str = ""
@@ -60,6 +66,7 @@ class SearchConfig:
     race_against: str = "top_k"  # that member: "top_k" (the last possible parent) or "worst" (of the population)
     race_min_windows: int = 2
     race_z: float = 2.0
+    race_chunk: int = 0  # windows forwarded between two racing tests; 0: 1 on the CPU, batch_size on a GPU
     proxies: bool = False  # record the recon and overlap proxies of every candidate
     proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against...
     proxy_gate_margin: float = 1.05  # ...times this: near-ties in recon say nothing about perplexity
@@ -92,6 +99,13 @@ class SearchConfig:
         if self.proxy_gate_margin < 1:
             raise ConfigError(f"proxy_gate_margin must be ≥ 1 (a gate below the rivals' own recon skips members "
                               f"as good as them), got {self.proxy_gate_margin}")
+        if self.dtype and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} (or empty for the device's default), "
+                              f"got {self.dtype!r}")
+        if self.mask_fingerprint and self.mask_fingerprint not in SCHEMES:
+            raise ConfigError(f"mask_fingerprint must be one of {', '.join(SCHEMES)}, got {self.mask_fingerprint!r}")
+        if self.race_chunk < 0:
+            raise ConfigError(f"race_chunk must be ≥ 0 (0: settled from the device), got {self.race_chunk}")
         if self.grad_norm not in ("l1", "l2"):
             raise ConfigError(f"grad_norm must be 'l1' or 'l2', got {self.grad_norm!r}")
         positive = ("population_size", "nsamples", "calib_seqlen", "fitness_windows", "fitness_seqlen",
@@ -111,6 +125,18 @@ class SearchConfig:
         if self.n_jobs == 0:
             raise ConfigError("n_jobs must be ≥ 1 or negative (joblib's convention), not 0")
         return self
+
+    def settled(self) -> "SearchConfig":
+        """The config with its device-dependent defaults filled in, as a new run saves it; raises
+        ``ConfigError`` when the device is not usable here (before any model is loaded)."""
+        try:
+            device = resolve_device(self.device)
+        except DeviceError as err:
+            raise ConfigError(str(err)) from None
+        on_cpu = device == "cpu"
+        return dataclasses.replace(self, dtype=self.dtype or dtype_name(resolve_dtype("", device)),
+                                   mask_fingerprint=self.mask_fingerprint or ("host" if on_cpu else "device"),
+                                   race_chunk=self.race_chunk or (1 if on_cpu else self.batch_size))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,7 +20,7 @@ from .report import table
 
 def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, sparsity: float | None = None,
                structure: str | None = None, split: str = "test", windows: int = 16, seqlen: int = 512,
-               device: str = "cpu", progress: bool = False) -> dict:
+               device: str = "cpu", dtype=None, progress: bool = False) -> dict:
     """Re-prune the ``top`` hall-of-fame metrics of a run under another protocol and correlate.
 
     Args:
@@ -32,7 +32,8 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
         split: Split of the perplexity windows (``test``: the reported protocol).
         windows: Number of windows (``0``: the whole split).
         seqlen: Tokens per window.
-        device: Where to run the model.
+        device: Where to run the model (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+        dtype: The model's dtype (a ``torch.dtype`` or its name; ``None``: the device's default).
         progress: Show progress bars.
 
     Returns:
@@ -58,8 +59,9 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     parsed = parse_structure(None if (structure or run_structure) == "unstructured" else (structure or run_structure))
     target = parsed.sparsity if not parsed.unstructured else (sparsity or config.get("sparsity", 0.5))
     data_dir = config.get("data_dir") or None
-    model, tokenizer = load_model(config["model"], device=device)
-    dense = {name: linear.weight.data.clone() for name, linear in prunable_linears(model).items()}
+    model, tokenizer = load_model(config["model"], device, dtype)
+    # the dense weights wait on the host: a second copy on the GPU would double a 7B model's memory
+    dense = {name: linear.weight.data.to("cpu", copy=True) for name, linear in prunable_linears(model).items()}
     cal, cal_spec = calibration_windows(tokenizer, config["data"], config["nsamples"], config["calib_seqlen"],
                                         config.get("seed", 0), data_dir)
     calibration = Calibration(cal, cal_spec.describe())
@@ -78,7 +80,8 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     for name, linear in prunable_linears(model).items():
         linear.weight.data.copy_(dense[name])
     out = {"protocol": {"mode": "sequential" if sequential else "one-shot", "sparsity": target,
-                        "structure": str(parsed), "perplexity": eval_spec.describe()},
+                        "structure": str(parsed), "perplexity": eval_spec.describe(),
+                        "device": device, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
            "rows": results, "dense_perplexity": dense_ppl, "spearman_rho": math.nan, "spearman_p": math.nan,
            "kendall_tau": math.nan, "kendall_p": math.nan}
     pairs = [(r["fitness"], r["perplexity"]) for r in results if r["fitness"] is not None]

@@ -35,8 +35,8 @@ from .worker import evaluator_for, problem
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
 # What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
-RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "proxy_gate",
-              "proxy_gate_margin")
+RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "race_chunk",
+              "proxy_gate", "proxy_gate_margin")
 LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "raced", "gated", "halved",
                "windows", "best_fitness", "median_fitness", "best_expression", "elapsed_s"]
 
@@ -52,6 +52,7 @@ class MetricSearch:
     def fit(self, run_dir: str | Path | None = None) -> "MetricSearch":
         """Start a new run in ``run_dir`` (default ``<output_dir>/<name>``) and run it to the end."""
         run_dir = Path(run_dir or Path(self.config.output_dir) / self.config.name)
+        self.config = self.config.settled()  # device checked, its defaults saved with the run
         record = {**self.config.to_dict(), "versions": versions(), "run_dir": str(run_dir)}
         self.store = RunStore.create(run_dir, record)
         return self._run()
@@ -158,7 +159,8 @@ class MetricSearch:
         """``Race`` fields for racing a child against ``record`` (its windows, else its mean NLL)."""
         cfg = self.config
         reference = record["window_nll"] or math.log(record["fitness"])
-        return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z}
+        return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z,
+                "chunk": cfg.race_chunk or 1}
 
     def _evaluate_initial(self, population: list, seeded: int) -> list[dict]:
         """Records of the initial population, whose first ``seeded`` members are the seed metrics. With

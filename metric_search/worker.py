@@ -11,26 +11,15 @@ import hashlib
 import json
 import os
 
-import torch
-
 _EVALUATORS: dict[str, object] = {}
 
 # The keys that define the fitness problem; two configs equal on these share one evaluator.
-PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "data", "data_dir", "nsamples", "calib_seqlen",
-                "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
+PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "dtype", "mask_fingerprint", "data", "data_dir", "nsamples",
+                "calib_seqlen", "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
 
 
 def problem(config: dict) -> dict:
     return {k: config[k] for k in PROBLEM_KEYS}
-
-
-def _device(requested: str) -> str:
-    """``auto``: one GPU per worker process when several exist (picked by process id), else CPU."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return f"cuda:{os.getpid() % torch.cuda.device_count()}"
-    return "cpu"
 
 
 def load_problem(spec: dict, progress: bool = False):
@@ -39,7 +28,7 @@ def load_problem(spec: dict, progress: bool = False):
                             load_model, parse_structure)
     from evaluators.fitness import FitnessEvaluator
 
-    model, tokenizer = load_model(spec["model"], device=_device(spec["device"]))
+    model, tokenizer = load_model(spec["model"], spec["device"], spec["dtype"] or None)
     data_dir = spec["data_dir"] or None
     cal, cal_spec = calibration_windows(tokenizer, spec["data"], spec["nsamples"], spec["calib_seqlen"],
                                         spec["seed"], data_dir)
@@ -48,7 +37,8 @@ def load_problem(spec: dict, progress: bool = False):
     windows, fit_spec = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
                                         data_dir)
     structure = parse_structure(None if spec["structure"] == "unstructured" else spec["structure"])
-    evaluator = FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"])
+    evaluator = FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"],
+                                 spec["mask_fingerprint"] or None)
     evaluator.protocol = fit_spec.describe()
     evaluator.tokenizer = tokenizer
     return evaluator

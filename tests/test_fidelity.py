@@ -73,7 +73,7 @@ def test_sampled_gate_skips_only_far_above_the_gate_and_changes_nothing_else(eva
 
     evaluator.proxies = True
     good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
-    scores = {name: evaluator.layer_scores(BAD, name) for name in evaluator.dense}
+    scores = {name: evaluator.layer_scores(BAD, name) for name in evaluator.linears}
     assert evaluator.recon_estimate(scores, 1) == pytest.approx(bad.proxies["recon"])  # every row: exact
     estimate = evaluator.recon_estimate(scores, 2)
     skipped = evaluator.evaluate(BAD, gate=estimate / SAMPLED_GATE_FACTOR * 0.99, gate_rows=2)
