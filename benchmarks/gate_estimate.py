@@ -57,7 +57,7 @@ def main() -> None:
         scored = time.perf_counter() - begin
         for rows in args.rows:
             begin = time.perf_counter()
-            ratios[rows].append(evaluator.recon_estimate(scores, rows) / record["proxies"]["recon"])
+            ratios[rows].append(evaluator.recon_estimate(scores.__getitem__, rows) / record["proxies"]["recon"])
             seconds[rows] += scored + time.perf_counter() - begin
         begin = time.perf_counter()
         masks = evaluator.masks(fn, scores)

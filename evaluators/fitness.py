@@ -32,6 +32,7 @@ import math
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -112,9 +113,9 @@ class FitnessEvaluator:
                  batch_size: int = 4, fingerprint: str | None = None, dense_copy: bool | None = None):
         self.model = model
         self.linears = prunable_linears(model)
-        on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
-        self.fingerprint = fingerprint or ("host" if on_cpu else "device")
-        keep = on_cpu if dense_copy is None else dense_copy
+        self.on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
+        self.fingerprint = fingerprint or ("host" if self.on_cpu else "device")
+        keep = self.on_cpu if dense_copy is None else dense_copy
         self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()} if keep else None
         self.stats = stats
         self.windows = windows
@@ -148,13 +149,14 @@ class FitnessEvaluator:
                                     self.structure) for name in self.linears}
 
     @torch.no_grad()
-    def recon_estimate(self, scores: dict[str, torch.Tensor], every: int) -> float:
-        """``recon`` from every ``every``-th output row of each layer. Masks are chosen within a row (or an
-        N:M group of it), so those rows' masks are exact and only the average over rows is estimated;
-        selecting one row in ``every`` costs about ``1/every`` of the full masks."""
+    def recon_estimate(self, scores_of: Callable[[str], torch.Tensor], every: int) -> float:
+        """``recon`` from every ``every``-th output row of each layer, given its scores ``scores_of(name)``.
+        Masks are chosen within a row (or an N:M group of it), so those rows' masks are exact and only the
+        average over rows is estimated; selecting one row in ``every`` costs about ``1/every`` of the full
+        masks."""
         rows = slice(None, None, every)
-        sums = [self._energy_sums(name, make_mask(layer[rows], self.sparsity, self.structure), rows)
-                for name, layer in scores.items() if "X" in self.stats.get(name, {})]
+        sums = [self._energy_sums(name, make_mask(scores_of(name)[rows], self.sparsity, self.structure), rows)
+                for name in self.linears if "X" in self.stats.get(name, {})]
         return float(np.mean(_shares(sums))) if sums else -math.inf
 
     @torch.no_grad()
@@ -228,15 +230,18 @@ class FitnessEvaluator:
         begin = time.perf_counter()
         try:
             if gate is not None and gate_rows > 1:
-                scores = {name: self.layer_scores(fn, name) for name in self.linears}
-                estimate = self.recon_estimate(scores, gate_rows)
+                # the CPU holds every layer's scores for the masks; elsewhere they are computed again, since
+                # a 7B model's float32 scores would take 24 GiB
+                held = {name: self.layer_scores(fn, name) for name in self.linears} if self.on_cpu else None
+                scores_of = held.__getitem__ if held is not None else (lambda name: self.layer_scores(fn, name))
+                estimate = self.recon_estimate(scores_of, gate_rows)
                 if estimate > gate * SAMPLED_GATE_FACTOR:
                     reason = (f"recon estimate {estimate:.4g} (1 row in {gate_rows}) > {SAMPLED_GATE_FACTOR:g} × "
                               f"gate {gate:.4g}")
                     return FitnessResult(None, "gated", reason, seconds=time.perf_counter() - begin,
                                          proxies={"recon_sampled": estimate})
-                masks = self.masks(fn, scores)
-                del scores
+                masks = self.masks(fn, held)
+                del held
             else:
                 masks = self.masks(fn)
         except InvalidScore as err:

@@ -118,7 +118,10 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype | None =
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {spec!r}: {first}") from err
     model.eval()
-    decoder_blocks(model)  # fail early, with a clear message, for models we cannot prune
+    offloaded = [name for name, linear in prunable_linears(model).items() if linear.weight.device.type == "meta"]
+    if offloaded:  # fails early, with a clear message, for models we cannot prune
+        raise ModelError(f"{spec} does not fit on the visible GPUs: accelerate offloaded {len(offloaded)} layers "
+                         f"(first {offloaded[0]}), and pruning needs every layer's weights resident")
     model.config.use_cache = False
     return model, tokenizer
 

@@ -41,7 +41,8 @@ def window_nlls(model, windows: torch.Tensor, batch_size: int = 4, progress: boo
     for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
         batch = batch.to(device)
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+        targets = batch[:, 1:].to(logits.device)  # under a device map the logits come out on the last GPU
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                               reduction="none").view(batch.shape[0], -1)
         out.append(nll.double().mean(1).cpu())
     return torch.cat(out)

@@ -212,8 +212,8 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
     if "G" in needs:
         tensors, hit = _cached("G", model, windows, {**spec, "norm": grad_norm},
                                lambda: gradient_norms(model, windows, grad_norm, progress=progress), use_cache)
-        for name, g in tensors.items():
-            stats[name]["G"] = g.to(linears[name].weight.device, stored)
+        for name in list(tensors):  # popped as converted: a float32 copy of the model is not held twice
+            stats[name]["G"] = tensors.pop(name).to(linears[name].weight.device, stored)
         info["cache_hits"] += ["G"] if hit else []
     if "R" in needs:
         from .regional import regional_gradient_norms  # regional.py imports this module

@@ -44,11 +44,22 @@ def load_problem(spec: dict, progress: bool = False):
     return evaluator
 
 
+def _problem_key(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 def evaluator_for(spec: dict, progress: bool = False):
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    key = _problem_key(spec)
     if key not in _EVALUATORS:
         _EVALUATORS[key] = load_problem(spec, progress)
     return _EVALUATORS[key]
+
+
+def register_evaluator(spec: dict, evaluator) -> None:
+    """Use ``evaluator`` (a ``FitnessEvaluator`` over a model already in memory) for ``spec`` in this
+    process, instead of loading the model named by the spec. For in-process searches (``n_jobs=1``) and
+    benchmarks on models built from a config; the final test perplexities need ``evaluator.tokenizer``."""
+    _EVALUATORS[_problem_key(spec)] = evaluator
 
 
 def _reference_masks(evaluator, expression: str | None):

@@ -196,3 +196,24 @@ def test_every_command_on_each_architecture(arch, text_dir, tmp_path, capsys):
                  "test_seqlen=32", 'seed_metrics=["wanda"]']) == 0
     records = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
     assert any(r["status"] == "ok" for r in records)
+
+
+def test_saved_config_without_the_new_keys_reads_as_it_was_made(tmp_path):
+    from metric_search.store import RunStore
+
+    store = RunStore.create(tmp_path / "old-run", {"device": "cpu", "seed": 0})
+    assert {k: store.config()[k] for k in ("dtype", "mask_fingerprint", "race_chunk")} == \
+        {"dtype": "float32", "mask_fingerprint": "host", "race_chunk": 1}
+
+
+def test_search_on_a_registered_in_memory_evaluator(tmp_path):
+    from metric_search.search import MetricSearch
+    from metric_search.worker import problem, register_evaluator
+
+    config = load_config(None, ["model=in-memory", "population_size=4", "iterations=3", "test_top_k=0",
+                                'seed_metrics=["wanda"]', "fitness_windows=2"]).settled()
+    model = tiny_llama()
+    stats, _ = compute_statistics(model, ids(), {"t": "in-memory"}, needs=("X", "G"))
+    register_evaluator(problem(config.to_dict()), FitnessEvaluator(model, stats, ids(2, 24), 0.5, parse_structure(None)))
+    search = MetricSearch(config, progress=False).fit(tmp_path / "run")
+    assert search.best_ is not None and float(search.best_["fitness"]) > 1

@@ -68,14 +68,16 @@ def test_proxies_and_gate(evaluator):
     assert evaluator.evaluate(GOOD).proxies["overlap"] == pytest.approx(1.0)
 
 
-def test_sampled_gate_skips_only_far_above_the_gate_and_changes_nothing_else(evaluator):
+@pytest.mark.parametrize("holds_scores", [True, False])  # False: an accelerator's path, scores computed again
+def test_sampled_gate_skips_only_far_above_the_gate_and_changes_nothing_else(evaluator, holds_scores):
     from evaluators.fitness import SAMPLED_GATE_FACTOR
 
+    evaluator.on_cpu = holds_scores
     evaluator.proxies = True
     good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
     scores = {name: evaluator.layer_scores(BAD, name) for name in evaluator.linears}
-    assert evaluator.recon_estimate(scores, 1) == pytest.approx(bad.proxies["recon"])  # every row: exact
-    estimate = evaluator.recon_estimate(scores, 2)
+    assert evaluator.recon_estimate(scores.__getitem__, 1) == pytest.approx(bad.proxies["recon"])  # every row: exact
+    estimate = evaluator.recon_estimate(scores.__getitem__, 2)
     skipped = evaluator.evaluate(BAD, gate=estimate / SAMPLED_GATE_FACTOR * 0.99, gate_rows=2)
     assert skipped.status == "gated" and skipped.mask_hash is None
     assert skipped.proxies == {"recon_sampled": pytest.approx(estimate)}
