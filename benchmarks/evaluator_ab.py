@@ -25,13 +25,13 @@ from metric_search.worker import evaluator_for, problem
 
 
 def other_evaluators(tree: Path):
-    """The other checkout's ``evaluators`` package, imported under another name."""
+    """The other checkout's ``evaluators.fitness`` module, its package imported under another name."""
     spec = importlib.util.spec_from_file_location("base_evaluators", tree / "evaluators" / "__init__.py",
                                                   submodule_search_locations=[str(tree / "evaluators")])
     module = importlib.util.module_from_spec(spec)
     sys.modules["base_evaluators"] = module
     spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("base_evaluators.fitness")
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, []).settled()
     ours = evaluator_for(problem(cfg.to_dict()), progress=True)
-    base_module = other_evaluators(args.base)
-    base = base_module.fitness.FitnessEvaluator(ours.model, ours.stats, ours.windows, ours.sparsity, ours.structure,
+    base = other_evaluators(args.base).FitnessEvaluator(ours.model, ours.stats, ours.windows, ours.sparsity, ours.structure,
                                                 ours.batch_size)
     fn = lambda W, X, G: W.abs() * X  # noqa: E731
     a, b = ours.evaluate(fn), base.evaluate(fn)

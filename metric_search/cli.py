@@ -45,8 +45,8 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
 def _add_device_flags(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (accelerate's device map over the "
                                                    "visible GPUs) (default: cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="model precision (default: float32 on the CPU, bfloat16 on a GPU)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on the CPU, "
+                                                 "bfloat16 on a GPU)")
 
 
 def _placement(args) -> tuple[str, "torch.dtype"]:

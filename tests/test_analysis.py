@@ -151,7 +151,8 @@ def test_analyze_cli(tmp_path, candidates, capsys):
     assert (tmp_path / "cmp" / "compare.md").is_file()
     for args, needle in (([str(tmp_path / "missing")], "no run directory"), ([str(a), str(b)], "--compare"),
                          ([str(a), "--compare"], "at least two"),
-                         ([str(a), "--reevaluate", "--sparsity", "1.5"], "strictly between")):
+                         ([str(a), "--reevaluate", "--sparsity", "1.5"], "strictly between"),
+                         ([str(a), "--reevaluate", "--dtype", "int8"], "unknown dtype")):
         capsys.readouterr()
         assert main(["analyze", *args]) == 2
         err = capsys.readouterr().err
@@ -167,6 +168,9 @@ def test_reevaluate_hall_of_fame_on_tiny_model(tmp_path, tiny_checkpoint, text_d
                            "calib_seqlen": 16})
     r = reevaluate(run, top=4, sequential=True, windows=2, seqlen=16)
     assert [x["rank"] for x in r["rows"]] == [1, 2, 3, 4] and all(x["perplexity"] > 1 for x in r["rows"])
+    assert (r["protocol"]["device"], r["protocol"]["dtype"]) == ("cpu", "float32")
+    half = reevaluate(run, top=2, sequential=False, windows=2, seqlen=16, dtype="bfloat16")
+    assert half["protocol"]["dtype"] == "bfloat16" and all(x["perplexity"] > 1 for x in half["rows"])
     assert r["protocol"]["mode"] == "sequential" and r["protocol"]["perplexity"]["split"] == "test"
     fit, ppl = zip(*[(x["fitness"], x["perplexity"]) for x in r["rows"]])
     assert r["spearman_rho"] == pytest.approx(st.spearmanr(fit, ppl)[0], nan_ok=True)

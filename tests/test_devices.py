@@ -132,6 +132,12 @@ def test_cuda_without_cuda_is_one_line_exit_2(tiny_checkpoint, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_unknown_dtype_is_one_line_exit_2(tiny_checkpoint, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_checkpoint), "--output", str(tmp_path / "out"), "--dtype", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dtype 'fp8'" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 @NO_CUDA
 def test_search_on_missing_cuda_fails_before_the_run_directory(tiny_checkpoint, tmp_path, capsys):
     assert main(["search", "--run-dir", str(tmp_path / "run"), f"model={json.dumps(str(tiny_checkpoint))}",
@@ -214,6 +220,7 @@ def test_search_on_a_registered_in_memory_evaluator(tmp_path):
                                 'seed_metrics=["wanda"]', "fitness_windows=2"]).settled()
     model = tiny_llama()
     stats, _ = compute_statistics(model, ids(), {"t": "in-memory"}, needs=("X", "G"))
-    register_evaluator(problem(config.to_dict()), FitnessEvaluator(model, stats, ids(2, 24), 0.5, parse_structure(None)))
+    evaluator = FitnessEvaluator(model, stats, ids(2, 24), 0.5, parse_structure(None))
+    register_evaluator(problem(config.to_dict()), evaluator)
     search = MetricSearch(config, progress=False).fit(tmp_path / "run")
     assert search.best_ is not None and float(search.best_["fitness"]) > 1
