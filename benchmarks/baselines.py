@@ -27,8 +27,8 @@ from evaluators import (BESA, GBLM, Calibration, Magnitude, PrunerZero, ScoreFun
                         perplexity, prunable_linears, wanda_plus_plus)
 from evaluators.apply import checked_scores
 from evaluators.masks import make_mask
-from evaluators.pruners import BASELINES
-from evaluators.regional import BlockwisePruner
+from evaluators.methods import BASELINES
+from evaluators.blockwise import BlockwisePruner
 
 METHODS = {"magnitude": Magnitude(), "wanda": Wanda(), "gblm (l1)": GBLM(grad_norm="l1"),
            "gblm (l2)": GBLM(grad_norm="l2"), "pruner-zero": PrunerZero(),
@@ -51,7 +51,7 @@ def score_pruner(text: str):
 
 def gradient_cost(model, calibration) -> str:
     """Seconds of GBLM's full-model gradient pass vs regional gradients on the same windows."""
-    from evaluators.regional import regional_gradient_norms
+    from evaluators.stats import regional_gradient_norms
     from evaluators.stats import gradient_norms
 
     windows = calibration.windows

@@ -16,6 +16,7 @@ exits 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -126,13 +127,9 @@ def measure(name: str, device: str, dtype: torch.dtype, args) -> list[tuple[str,
                   "sort": lambda s, k: torch.sort(s, dim=-1).values[:, k - 1]}
     t_select = {name: clock.time(lambda: [pick(s, s.shape[-1] // 2) for s in scores.values()], args.repeats)
                 for name, pick in selections.items()}
-    del scores
     other_scheme = {"host": "device", "device": "host"}[evaluator.fingerprint]
     t_other_print = clock.time(lambda: mask_fingerprint(holder["masks"], other_scheme), args.repeats)
-    other = FitnessEvaluator(model, stats, windows, 0.5, parse_structure(None), args.batch_size,
-                             dense_copy=evaluator.dense is None)  # the other restore route, for comparison
-    t_other_masked = clock.time(lambda: other.perplexity_with(holder["masks"]), args.repeats)
-    del other
+    t_other_masked = other_route_seconds(clock, evaluator, holder["masks"], args.repeats)
     rows += [(f"dense forward, batch {args.batch_size}", f"{t_forward:.3f} s"),
              ("dense forward, batch 1 (racing one window at a time)", f"{t_batch1:.3f} s"),
              (f"one fitness evaluation ({evaluator.fingerprint} fingerprint, "
@@ -149,10 +146,14 @@ def measure(name: str, device: str, dtype: torch.dtype, args) -> list[tuple[str,
              ("peak memory, evaluator (model, statistics, masks, forward)", peak_eval)]
     if args.search_seconds > 0:
         rows.append(("candidates per minute, search (racing off)", search_rate(evaluator, device, dtype, args)))
-    del evaluator, model, stats, holder
-    if clock.cuda:
-        torch.cuda.empty_cache()
     return rows
+
+
+def other_route_seconds(clock: Clock, evaluator: FitnessEvaluator, masks: dict, repeats: int) -> float:
+    """Masked forward + restore by the restore route ``evaluator`` does not take (its memory freed on return)."""
+    other = FitnessEvaluator(evaluator.model, evaluator.stats, evaluator.windows, evaluator.sparsity,
+                             evaluator.structure, evaluator.batch_size, dense_copy=evaluator.dense is None)
+    return clock.time(lambda: other.perplexity_with(masks), repeats)
 
 
 def search_rate(evaluator, device: str, dtype: torch.dtype, args) -> str:
@@ -194,6 +195,9 @@ def main() -> None:
         for dtype in dtypes:
             started = time.perf_counter()
             rows = measure(name, device, DTYPES[dtype], args)
+            gc.collect()  # the model, statistics and evaluator of this round go before the next is built
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
             print(f"\n## {name}, {dtype} ({time.perf_counter() - started:.0f} s)\n\n| step | value |\n|---|---|")
             print("\n".join(f"| {step} | {value} |" for step, value in rows), flush=True)
 

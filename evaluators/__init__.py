@@ -7,13 +7,13 @@ from .masks import MaskError, Structure, make_mask, nm_mask, parse_structure, un
 from .models import (ModelError, block_linears, decoder_blocks, load_model, model_fingerprint,
                      prunable_linears)
 from .perplexity import PerplexityResult, perplexity, window_nlls
-from .pruners import BASELINES, GBLM, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda, get_pruner
-from .stats import compute_statistics
+from .pruners import GBLM, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda
+from .stats import compute_statistics, regional_gradient_norms, regional_gradients
+from .blockwise import BlockwisePruner, block_outputs, prune_blockwise
 from .besa import BESA
-from .regional import (RGS, BlockwisePruner, RegionalOptimised, block_outputs, prune_blockwise,
-                       reconstruction_error, regional_gradient_norms, regional_gradients, regional_optimisation,
-                       wanda_plus_plus)
+from .regional import RGS, RegionalOptimised, reconstruction_error, regional_optimisation, wanda_plus_plus
 from .sparsegpt import SparseGPT, sparsegpt_prune
 from .symbolic import SymbolicPruner
+from .methods import BASELINES, get_pruner
 
 __all__ = [name for name in dir() if not name.startswith("_")]

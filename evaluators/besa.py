@@ -28,7 +28,8 @@ from torch.func import functional_call
 from .apply import checked_scores
 from .masks import MaskError, Structure
 from .pruners import Pruner, Wanda
-from .regional import BlockStep, RankedBlockwisePruner, _output
+from .blockwise import BlockStep, RankedBlockwisePruner
+from .stats import output_tensor
 
 
 def candidate_rates(step: float = 0.01) -> torch.Tensor:
@@ -128,7 +129,7 @@ class BESA(RankedBlockwisePruner):
                         rate, mask = self._soft_mask(layer, d)
                         weights[f"{n}.weight"] = layer["W"] * mask.to(layer["W"].dtype)
                         block_rate = block_rate + rate.mean() * sizes[n] / total
-                    out = _output(functional_call(step.block, weights, (step.inputs.hidden[b],),
+                    out = output_tensor(functional_call(step.block, weights, (step.inputs.hidden[b],),
                                                   step.inputs.kwargs[b])).float()
                     y = step.targets[b].float()
                     scale = y.reshape(-1, y.shape[-1]).norm(dim=0).clamp_min(1e-8)  # per output channel

@@ -3,10 +3,10 @@
 Sources: ``wikitext2`` (local folder first, then the hub's ``wikitext-2-raw-v1``), ``c4`` (hub) and
 ``text:PATH`` (a file used for every split, or a folder holding ``<split>.txt``).
 
-The three uses of text are kept apart (DESIGN.md, "Data splits"): the ``valid`` token stream is cut at
-``CALIBRATION_FRACTION``; calibration windows are drawn at random (Wanda's protocol, seeded) from the
-part before the cut, fitness windows are spread evenly over the part after it, and reported perplexity
-uses the ``test`` split only.
+The three uses of text are kept apart (``docs/prune-and-eval.md``, "Data splits and protocols"): the
+``valid`` token stream is cut at ``CALIBRATION_FRACTION``; calibration windows are drawn at random (Wanda's
+protocol, seeded) from the part before the cut, fitness windows are spread evenly over the part after it, and
+reported perplexity uses the ``test`` split only.
 """
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ Every pruner — the baselines here and a discovered symbolic metric — has the
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,33 +103,3 @@ class ScoreFunction(Pruner):
 
     def score(self, W, stats):
         return self.fn(W, stats)
-
-
-BASELINES: dict[str, Callable[..., Pruner]] = {
-    "magnitude": Magnitude,
-    "wanda": Wanda,
-    "gblm": GBLM,
-    "pruner-zero": PrunerZero,
-}
-
-
-def get_pruner(name: str, **options) -> Pruner:
-    """A baseline pruner by its CLI name, given the options it accepts.
-
-    Options a method does not take (say ``grad_norm`` for ``wanda``) are ignored, so a caller can pass
-    every option it has; ``None`` values mean "the method's default".
-    """
-    if name not in BASELINES:
-        raise KeyError(f"unknown method {name!r}; choose from {', '.join(BASELINES)}")
-    factory = BASELINES[name]
-    accepted = inspect.signature(factory).parameters
-    return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
-
-
-# Block-by-block baselines live in their own modules, which import ``Pruner`` from here: register them
-# once this module's names exist.
-from .besa import BESA  # noqa: E402
-from .regional import wanda_plus_plus  # noqa: E402
-from .sparsegpt import SparseGPT  # noqa: E402
-
-BASELINES.update({"wanda++": wanda_plus_plus, "sparsegpt": SparseGPT, "besa": BESA})

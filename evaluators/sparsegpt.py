@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .masks import Structure
-from .regional import BlockStep, BlockwisePruner
+from .blockwise import BlockStep, BlockwisePruner
 
 
 def _lowest_count(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -216,8 +216,6 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
             stats[name]["G"] = tensors.pop(name).to(linears[name].weight.device, stored)
         info["cache_hits"] += ["G"] if hit else []
     if "R" in needs:
-        from .regional import regional_gradient_norms  # regional.py imports this module
-
         def compute():
             norms = regional_gradient_norms(model, windows, progress=progress)
             return {f"{name}::{norm}": t for norm, d in norms.items() for name, t in d.items()}
@@ -226,3 +224,80 @@ def compute_statistics(model, windows: torch.Tensor, spec: dict, needs=("X", "G"
             stats[name]["R"] = tensors[f"{name}::{grad_norm}"].to(linears[name].weight.device, stored)
         info["cache_hits"] += ["R"] if hit else []
     return stats, info
+
+# ---------------------------------------------------------------- R: Wanda++'s regional gradients
+# Per-window gradients come from one backward per *batch*: a window's output depends only on that window,
+# so ``g_n = δ_nᵀ x_n`` from the Linear's input and output gradient.
+
+def output_tensor(out) -> torch.Tensor:
+    """A block's hidden states, whether it returns them alone or first in a tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+@contextmanager
+def _linear_io(linears: dict[str, torch.nn.Linear]):
+    """Record ``(input, output)`` of every call of each Linear while open (outputs keep their graph)."""
+    seen: dict[str, list] = {}
+
+    def hook_for(name):
+        def hook(_module, args, out):
+            seen.setdefault(name, []).append((args[0].detach(), out))
+        return hook
+
+    with linear_hooks(linears, hook_for, pre=False):
+        yield seen
+
+
+def regional_gradients(block, inputs: BlockInputs) -> tuple[dict[str, dict[str, torch.Tensor]], list[torch.Tensor]]:
+    """Regional gradient norms of every Linear weight of ``block`` on the windows held by ``inputs``.
+
+    Returns ``({layer: {"l1": ..., "l2": ...}}, outputs)``: the aggregated norms (scale in the module
+    docstring) and the block's outputs per batch (the forward is shared, so they come for free).
+    """
+    linears = block_linears(block)
+    sums: dict[str, list[torch.Tensor]] = {}  # layer -> [Σ|g|, Σg²]
+    outputs, n_windows = [], 0
+    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+        batch = hidden.shape[0]
+        with _linear_io(linears) as seen, torch.enable_grad():
+            x = hidden.detach().requires_grad_(True)
+            out = output_tensor(block(x, **kwargs))
+            loss = out.float().flatten(1).norm(dim=1).sum()  # Σ_n ‖f(x_n)‖: window n's gradient is its own
+            calls = [(name, pair) for name, pairs in seen.items() for pair in pairs]
+            deltas = torch.autograd.grad(loss, [pair[1] for _, pair in calls])
+        grouped: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for (name, (xin, _)), delta in zip(calls, deltas):
+            grouped.setdefault(name, []).append((delta.reshape(batch, -1, delta.shape[-1]).float(),
+                                                 xin.reshape(batch, -1, xin.shape[-1]).float()))
+        for name, pairs in grouped.items():
+            for n in range(batch):
+                # one contiguous (out, in) product per window, accumulated in place: a (batch, out, in)
+                # tensor reduced over its first dim costs twice the block's backward on a memory-bound CPU
+                g = pairs[0][0][n].T @ pairs[0][1][n]  # δ_nᵀ x_n
+                for d, x in pairs[1:]:  # a Linear called twice in one forward
+                    g.addmm_(d[n].T, x[n])
+                if name in sums:
+                    sums[name][1].addcmul_(g, g)
+                    sums[name][0].add_(g.abs_())
+                else:
+                    sums[name] = [g.abs(), g.square()]
+        outputs.append(out.detach())
+        n_windows += batch
+    norms = {n: {"l1": s1.div_(n_windows), "l2": s2.div_(n_windows).sqrt_()} for n, (s1, s2) in sums.items()}
+    return norms, outputs
+
+
+def regional_gradient_norms(model, windows: torch.Tensor, batch_size: int = 2,
+                            progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"l1": {layer: R}, "l2": {layer: R}}`` for every prunable Linear of the dense model, one block at a time."""
+    blocks = decoder_blocks(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    inputs = BlockInputs(model, windows, batch_size)
+    result: dict[str, dict[str, torch.Tensor]] = {"l1": {}, "l2": {}}
+    for i, block in enumerate(tqdm(blocks, desc="regional gradients", disable=not progress)):
+        norms, outputs = regional_gradients(block, inputs)
+        inputs.hidden = outputs  # the dense block's outputs are the next block's inputs
+        for local, d in norms.items():
+            for kind in result:
+                result[kind][f"{prefix}.{i}.{local}"] = d[kind]
+    return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ def _add_device_flags(p) -> None:
                                                  "bfloat16 on a GPU)")
 
 
-def _placement(args) -> tuple[str, "torch.dtype"]:
+def _placement(args) -> tuple:
     """``--device``/``--dtype`` checked before anything is loaded (a missing GPU is a user error)."""
     from evaluators.devices import resolve_device, resolve_dtype
 
@@ -73,7 +72,7 @@ def build_pruner(args):
 def cmd_prune(args) -> int:
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
     from evaluators.devices import dtype_name
-    from evaluators.pruners import BASELINES
+    from evaluators.methods import BASELINES
 
     sparsity, structure = _sparsity_and_structure(args.sparsity, args.structure)
     if args.metric and args.method:

@@ -171,7 +171,7 @@ def resolve(ref: str) -> tuple[str, object, dict]:
     Raises:
         MetricError: On anything that is not a baseline, run, file or valid expression.
     """
-    from evaluators.pruners import BASELINES
+    from evaluators.methods import BASELINES
     from primitives import ExpressionError, parse
 
     text = str(ref).strip()

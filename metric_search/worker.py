@@ -24,7 +24,7 @@ def problem(config: dict) -> dict:
 
 def load_problem(spec: dict, progress: bool = False):
     """Model, calibration statistics and fitness windows for a problem (the expensive part)."""
-    from evaluators import (Calibration, calibration_windows, compute_statistics, fitness_windows,
+    from evaluators import (calibration_windows, compute_statistics, fitness_windows,
                             load_model, parse_structure)
     from evaluators.fitness import FitnessEvaluator
 

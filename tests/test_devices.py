@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from evaluators import Calibration, Magnitude, Wanda, compute_statistics, make_mask, parse_structure, prunable_linears
+from evaluators import Calibration, Wanda, compute_statistics, make_mask, parse_structure, prunable_linears
 from evaluators.devices import DeviceError, resolve_device, resolve_dtype, statistic_dtype
 from evaluators.fingerprint import layer_lanes, lane_keys, mask_fingerprint, packed_bytes
 from evaluators.fitness import FitnessEvaluator

@@ -6,9 +6,9 @@ import torch
 from evaluators import (RGS, Calibration, RegionalOptimised, Wanda, compute_statistics, get_pruner,
                         parse_structure, prunable_linears)
 from evaluators.models import block_linears
-from evaluators.regional import (BlockwisePruner, block_outputs, mask_block, reconstruction_error,
-                                 regional_gradient_norms, regional_gradients, regional_optimisation)
-from evaluators.stats import BlockInputs, activation_norms
+from evaluators.blockwise import BlockwisePruner, block_outputs, mask_block
+from evaluators.regional import reconstruction_error, regional_optimisation
+from evaluators.stats import BlockInputs, activation_norms, regional_gradient_norms, regional_gradients
 
 SPEC = {"source": "random", "n": 3}
 
