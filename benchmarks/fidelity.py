@@ -31,7 +31,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from evaluators.checkpoint import write_json_atomic
-from metric_search.config import load_config
+from metric_search.config import GATE_KEYS, RACE_KEYS, load_config
 from metric_search.final import paired_difference, test_window_nlls
 from metric_search.search import MetricSearch
 from metric_search.store import RunError
@@ -85,21 +85,16 @@ def proxy_correlations(search) -> dict:
     return out
 
 
-# The settings that only matter with racing on, and with the gate on (one list each, for both helpers below).
-RACE_SETTINGS = ("race_against", "race_min_windows", "race_z", "race_chunk")
-GATE_SETTINGS = ("proxy_gate_margin", "proxy_gate_rows")
-
-
 def _reusable(search) -> dict:
     """Run B's config, less what identifies the run, limits its length or sets its fidelity."""
-    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", *GATE_SETTINGS}
+    drop = {"versions", "run_dir", "iterations", "max_seconds", "racing", "proxies", "proxy_gate", *GATE_KEYS}
     return {k: v for k, v in search.store.config().items() if k not in drop}
 
 
 def _comparable(config) -> dict:
     """A run's settings, less those its arm does not use (no racing: no rival; no gate: no margin)."""
     settings = config.to_dict()
-    unused = (() if settings["racing"] else RACE_SETTINGS) + (() if settings["proxy_gate"] else GATE_SETTINGS)
+    unused = (() if settings["racing"] else RACE_KEYS) + (() if settings["proxy_gate"] else GATE_KEYS)
     return {k: v for k, v in settings.items() if k not in unused}
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .masks import Structure, check_sparsity, make_mask
+from .masks import Structure, make_mask, resolve_sparsity
 from .models import block_linears, decoder_blocks, prunable_linears
 from .stats import BlockInputs, activation_norm_hooks, compute_statistics, norms_from_sums
 
@@ -75,7 +75,7 @@ def _block_prefix(model) -> str:
 def prune_model(model, pruner, calibration: Calibration | None, sparsity: float, structure: Structure,
                 sequential: bool = False, progress: bool = True) -> PruneReport:
     """Zero the lowest-scoring weights of every prunable Linear in place and report what was done."""
-    sparsity = structure.sparsity if not structure.unstructured else check_sparsity(sparsity)
+    sparsity, structure = resolve_sparsity(sparsity if structure.unstructured else None, structure)  # N:M decides
     needs = tuple(pruner.needs)
     if needs and calibration is None:
         raise ValueError(f"{pruner.name} needs calibration statistics {needs}")

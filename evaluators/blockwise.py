@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .apply import Calibration, PruneReport, checked_scores
-from .masks import Structure, check_sparsity, make_mask
+from .masks import Structure, make_mask, resolve_sparsity
 from .models import block_linears, decoder_blocks, prunable_linears
 from .pruners import Pruner
 from .stats import (BlockInputs, activation_norm_hooks, compute_statistics, linear_hooks, norms_from_sums,
@@ -76,7 +76,7 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
     """
     if calibration is None:
         raise ValueError(f"{method.name} works block by block on calibration windows; pass a Calibration")
-    sparsity = structure.sparsity if not structure.unstructured else check_sparsity(sparsity)
+    sparsity, structure = resolve_sparsity(sparsity if structure.unstructured else None, structure)  # N:M decides
     needs = tuple(method.needs)
     grad_norm = getattr(method, "grad_norm", "l2")
     t0 = time.perf_counter()

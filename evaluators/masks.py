@@ -56,6 +56,19 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+def resolve_sparsity(sparsity: float | None, structure: str | Structure | None,
+                     default: float = 0.5) -> tuple[float, Structure]:
+    """The one rule for a pruning problem's sparsity: N:M prunes N/M (a sparsity given beside it must agree);
+    unstructured takes ``sparsity`` (``default`` when ``None``), strictly between 0 and 1."""
+    parsed = structure if isinstance(structure, Structure) else parse_structure(structure)
+    if parsed.unstructured:
+        return check_sparsity(default if sparsity is None else sparsity), parsed
+    if sparsity is not None and abs(sparsity - parsed.sparsity) > 1e-9:
+        raise MaskError(f"sparsity {sparsity:g} contradicts structure {parsed} (which prunes {parsed.sparsity:g}); "
+                        f"give one or make them agree")
+    return parsed.sparsity, parsed
+
+
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the ``k`` lowest entries along the last dim (stable ties); best for short rows."""
     mask = torch.zeros_like(scores, dtype=torch.bool)

@@ -32,16 +32,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as st
 
+from .markdown import GROUPS, gx_group
 from .metrics import MetricError, hall_of_fame
+from .principles import principles
+from .reevaluate import reevaluation_sentence
+from .report import write_run_report
 from .store import CONFIG, EVALUATIONS, LOGBOOK, RunStore
-
-ALPHA = 0.05  # significance level of the generated sentences (on Holm-adjusted p-values)
-GROUPS = ("neither X nor G", "X only", "G only", "X and G")
-
-
-def _gx_group(leaves: set) -> str:
-    return GROUPS[("X" in leaves) + 2 * ("G" in leaves)]
-
 
 PARTIAL = ("raced", "halved")  # stopped early, with a perplexity estimated on fewer windows
 
@@ -120,7 +116,7 @@ def feature_columns(valid: list[dict]) -> dict[str, np.ndarray]:
     for op in [o for o in OPERATORS if o in seen] + sorted(seen - set(OPERATORS)):
         cols[f"op {op}"] = np.array([op in c["ops"] for c in valid], float)
     for group in GROUPS[1:]:
-        cols[f"uses {group}"] = np.array([_gx_group(c["leaves"]) == group for c in valid], float)
+        cols[f"uses {group}"] = np.array([gx_group(c["leaves"]) == group for c in valid], float)
     return cols
 
 
@@ -224,7 +220,7 @@ def top_metrics(valid: list[dict], k: int = 10) -> list[dict]:
 
 def gx_groups(valid: list[dict]) -> dict:
     """Perplexity by use of X and G (W only, X only, G only, both) and a Kruskal-Wallis test across groups."""
-    groups = {g: [c["log_ppl"] for c in valid if _gx_group(c["leaves"]) == g] for g in GROUPS}
+    groups = {g: [c["log_ppl"] for c in valid if gx_group(c["leaves"]) == g] for g in GROUPS}
     rows = [{"group": g, "n": len(v), "geo": _geo(v), "median": float(np.exp(np.median(v))) if v else math.nan,
              "best": float(np.exp(min(v))) if v else math.nan} for g, v in groups.items()]
     filled = [v for v in groups.values() if len(v) >= 2]
@@ -307,86 +303,6 @@ def _public(c: dict) -> dict:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in c.items()}
 
 
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p == p else "p n/a"
-
-
-def principles(s: dict) -> list[str]:
-    """Short sentences generated from the numbers of :func:`summarize` (nothing hand-written per run)."""
-    out = []
-    n = s["n_records"]
-    if n == 0:
-        return ["The run has no evaluations yet."]
-    bad = s["n_invalid"] + s["n_unparsed"]
-    common = max(s["invalid_reasons"].items(), key=lambda kv: kv[1])[0] if s["invalid_reasons"] else None
-    out.append(f"{bad} of {n} evaluated candidates ({100 * bad / n:.0f}%) were invalid or failed"
-               + (f" (most often: {common})" if common else "") + "; they are excluded from every statistic.")
-    if s["n_partial"]:
-        out.append(f"{s['n_partial']} candidates were stopped early (racing or successive halving); their "
-                   "partial-fidelity perplexity counts in the correlations and attribution, not in the rankings.")
-    if s["n_skipped"]:
-        out.append(f"{s['n_skipped']} candidates have no usable perplexity (proxy gate, or partial ones left out) "
-                   "and are only counted.")
-    if s["n_valid"] < 3:
-        return out + [f"Only {s['n_valid']} valid candidate(s): too few for correlations."]
-    if not s["top"]:
-        return out + ["No candidate was evaluated on every fitness window: nothing to rank."]
-    corr = {r["feature"]: r for r in s["correlations"]}
-    for feat, word in (("size", "Larger trees"), ("height", "Deeper trees")):
-        r = corr.get(feat)
-        if r:
-            verdict = ("had higher perplexity" if r["spearman_rho"] > 0 else "had lower perplexity") \
-                if r["holm_p"] < ALPHA else "were neither clearly better nor worse"
-            out.append(f"{word} {verdict} (Spearman ρ = {r['spearman_rho']:+.2f}, Holm-adjusted {_p(r['holm_p'])}).")
-    top = s["top"]
-    best = top[0]["fitness"]
-    near = min((c for c in s["pareto"] if c["fitness"] <= best * 1.01), key=lambda c: c["size"], default=None)
-    if near:
-        out.append(f"The smallest tree within 1% of the best perplexity ({best:.4g}) has size {near['size']}: "
-                   f"{near['expression']} ({near['fitness']:.4g}).")
-    for row in s["attribution"]:
-        if row["feature"].startswith("leaf ") and row["ratio"] == row["ratio"]:
-            leaf = row["feature"][5:]
-            k = round(row["top_share"] * len(top))
-            numbers = (f"geometric mean {row['geo_with']:.4g} with vs {row['geo_without']:.4g} without, "
-                       f"Mann-Whitney Holm-adjusted {_p(row['holm_p'])}")
-            if row["holm_p"] < ALPHA:
-                head = f"Metrics using {leaf} have {'lower' if row['ratio'] < 1 else 'higher'} perplexity ({numbers})"
-            else:
-                head = f"Using {leaf} makes no significant difference ({numbers})"
-            out.append(f"{head}; {k} of the top {len(top)} use {leaf}, against {100 * row['share']:.0f}% of all "
-                       "candidates.")
-    ops = [r for r in s["attribution"] if r["feature"].startswith("op ") and r["holm_p"] < ALPHA
-           and min(r["n_with"], r["n_without"]) >= 3]
-    good = sorted((r for r in ops if r["ratio"] < 1), key=lambda r: r["ratio"])[:3]
-    harm = sorted((r for r in ops if r["ratio"] > 1), key=lambda r: -r["ratio"])[:3]
-    for rows, word in ((good, "lower"), (harm, "higher")):
-        if rows:
-            out.append(f"Operators that go with {word} perplexity: " + ", ".join(
-                f"{r['feature'][3:]} (geometric-mean ratio ×{r['ratio']:.3g}, Holm {_p(r['holm_p'])})"
-                for r in rows) + ".")
-    if not good and not harm:
-        out.append("No operator shifts perplexity significantly on its own (Holm-adjusted Mann-Whitney p ≥ 0.05, "
-                   "or fewer than 3 candidates with or without it).")
-    gx = [g for g in s["gx"]["rows"] if g["n"]]
-    if len(gx) >= 2:
-        lead = min(gx, key=lambda g: g["median"])
-        out.append(f"By use of X and G, '{lead['group']}' has the lowest median perplexity ({lead['median']:.4g}, "
-                   f"n = {lead['n']}); Kruskal-Wallis across groups {_p(s['gx']['kruskal_p'])}.")
-    for b in s["baselines"]:
-        gain = 100 * (1 - best / b["fitness"])
-        out.append(f"The best metric's fitness {best:.4g} is {abs(gain):.1f}% {'below' if gain >= 0 else 'above'} "
-                   f"{b['name']} ({b['fitness']:.4g}, rank {b['rank']} of {s['n_full']}).")
-    prog = s["progress"]
-    if prog["best_found_at"] is not None:
-        still = prog["last_big_improvement"] is not None and prog["last_iteration"] and \
-            prog["last_big_improvement"] >= 0.8 * prog["last_iteration"]
-        out.append(f"The best was found at iteration {prog['best_found_at']} of {prog['last_iteration']}; "
-                   + ("it was still improving by > 1% in the last fifth, so more iterations may help."
-                      if still else "no > 1% improvement in the last fifth of the run."))
-    return out
-
-
 def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, top: int = 10, plots: bool = True,
                 reevaluation: dict | None = None, partial: bool = True) -> dict:
     """Analyse one run: writes ``report.md``, CSV tables, ``summary.json`` and PNG plots.
@@ -405,14 +321,10 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, top: int
     Raises:
         MetricError: No ``evaluations.jsonl``.
     """
-    from .report import write_run_report
-
     data = load_candidates(run_dir, partial)
     summary = summarize(data, top)
     summary["principles"] = principles(summary)
     if reevaluation:
-        from .reevaluate import reevaluation_sentence
-
         summary["reevaluation"] = reevaluation
         summary["principles"].append(reevaluation_sentence(reevaluation))
     out = Path(out_dir) if out_dir else Path(run_dir) / "analysis"

@@ -19,16 +19,9 @@ class UsageError(Exception):
 
 
 def _sparsity_and_structure(sparsity: float | None, structure: str | None):
-    from evaluators import parse_structure
-    from evaluators.masks import check_sparsity
+    from evaluators.masks import resolve_sparsity
 
-    parsed = parse_structure(structure)
-    if parsed.unstructured:
-        return check_sparsity(0.5 if sparsity is None else sparsity), parsed
-    if sparsity is not None and abs(sparsity - parsed.sparsity) > 1e-9:
-        raise UsageError(f"--sparsity {sparsity} contradicts --structure {structure} "
-                         f"(which prunes {parsed.sparsity:g}); give one or make them agree")
-    return parsed.sparsity, parsed
+    return resolve_sparsity(sparsity, structure)
 
 
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:

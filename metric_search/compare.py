@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as st
 
-from .analysis import _p, load_candidates
+from .analysis import load_candidates
+from .config import COMPARED_KEYS
+from .markdown import p_text, table
 from .metrics import MetricError
-from .report import _save, _yscale, table
+from .report import perplexity_axis, save_figure
 from .store import write_text_atomic
-
-COMPARED_KEYS = ("model", "sparsity", "structure", "data", "nsamples", "calib_seqlen", "grad_norm",
-                 "fitness_windows", "fitness_seqlen", "leaves", "operators", "seed", "population_size", "iterations")
 
 
 def _best_by_key(data: dict) -> dict[str, dict]:
@@ -82,8 +81,8 @@ def _sentences(pair: dict, diffs: dict) -> list[str]:
         if rho == rho:
             direction = "" if rho >= 0 else " (inverted)"
             out.append(f"Over the {pair['n_shared']} candidates valid in both, the ranking transfers {_strength(rho)}"
-                       f"{direction} from {a} to {b}: Spearman ρ = {rho:+.2f} ({_p(pair['spearman_p'])}), "
-                       f"Kendall τ = {pair['kendall_tau']:+.2f} ({_p(pair['kendall_p'])}).")
+                       f"{direction} from {a} to {b}: Spearman ρ = {rho:+.2f} ({p_text(pair['spearman_p'])}), "
+                       f"Kendall τ = {pair['kendall_tau']:+.2f} ({p_text(pair['kendall_p'])}).")
     found = [f for f in pair["top"] if f["rank_b"] is not None]
     if found:
         med = float(np.median([f["percentile_b"] for f in found]))
@@ -112,12 +111,12 @@ def _plot_pair(pair: dict, path: Path) -> Path:
     ax.scatter(xs, ys, s=12, alpha=0.6)
     wide = bool(xs) and (max(xs) / min(xs) > 10)
     ax.set_xscale("log" if wide else "linear")
-    _yscale(ax, ys, f"fitness ppl in {pair['b']}")
+    perplexity_axis(ax, ys, f"fitness ppl in {pair['b']}")
     ax.set_xlabel(f"fitness ppl in {pair['a']}" + (" (log scale)" if wide else ""))
     rho = pair["spearman_rho"]
     ax.set_title(f"{pair['n_shared']} shared candidates, Spearman ρ = " + (f"{rho:+.2f}" if rho == rho else "n/a"),
                  fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, top: int = 10,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from evaluators.devices import DTYPES, DeviceError, dtype_name, resolve_device, resolve_dtype
 from evaluators.fingerprint import SCHEMES
+from evaluators.masks import MaskError, resolve_sparsity
 
 
 class ConfigError(ValueError):
@@ -82,14 +83,8 @@ class SearchConfig:
     test_seqlen: int = 512
 
     def validate(self) -> "SearchConfig":
-        from evaluators.masks import MaskError, check_sparsity, parse_structure
-
         try:
-            structure = parse_structure(None if self.structure == "unstructured" else self.structure)
-            if structure.unstructured:
-                check_sparsity(self.sparsity)
-            elif abs(structure.sparsity - self.sparsity) > 1e-9:
-                raise ConfigError(f"sparsity={self.sparsity} contradicts structure={self.structure}")
+            resolve_sparsity(self.sparsity, self.structure)
         except MaskError as err:
             raise ConfigError(str(err)) from None
         if self.mode not in ("steady", "generational"):
@@ -141,6 +136,22 @@ class SearchConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Which keys play which part, declared once here; every other module reads these.
+# The fitness problem: two configs equal on these share one evaluator, and a resumed run may not change them.
+PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "dtype", "mask_fingerprint", "data", "data_dir", "nsamples",
+                "calib_seqlen", "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
+# What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
+RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "race_chunk",
+              "proxy_gate", "proxy_gate_margin")
+RACE_KEYS = ("race_against", "race_min_windows", "race_z", "race_chunk")  # used only with racing
+GATE_KEYS = ("proxy_gate_margin", "proxy_gate_rows")  # used only with the proxy gate
+# What ``analyze --compare`` reports when two runs differ in it.
+COMPARED_KEYS = ("model", "sparsity", "structure", "data", "nsamples", "calib_seqlen", "grad_norm",
+                 "fitness_windows", "fitness_seqlen", "leaves", "operators", "seed", "population_size", "iterations")
+# Runs made before a key existed behaved as these values say (not as today's defaults).
+LEGACY_DEFAULTS = {"race_against": "worst", "proxy_gate_margin": 1.0, "proxy_gate_rows": 1, "dtype": "float32",
+                   "mask_fingerprint": "host", "race_chunk": 1}
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
 TYPES = typing.get_type_hints(SearchConfig)

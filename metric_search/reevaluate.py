@@ -14,8 +14,8 @@ from pathlib import Path
 
 from scipy import stats as st
 
+from .markdown import p_text, table
 from .metrics import MetricError, hall_of_fame
-from .report import table
 
 
 def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, sparsity: float | None = None,
@@ -97,15 +97,13 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
 
 def reevaluation_sentence(r: dict) -> str:
     """One sentence with the correlation between search fitness and re-evaluated perplexity."""
-    from .analysis import _p
-
     rho = r["spearman_rho"]
     if rho != rho:
         return f"Too few metrics ({len(r['rows'])}) or tied values for a rank correlation with the re-evaluation."
     p = r["protocol"]
     return (f"Search fitness vs {p['mode']} re-evaluation on {p['perplexity'].get('split')} over the top "
-            f"{len(r['rows'])} metrics: Spearman ρ = {rho:+.2f} ({_p(r['spearman_p'])}), Kendall τ = "
-            f"{r['kendall_tau']:+.2f} ({_p(r['kendall_p'])}).")
+            f"{len(r['rows'])} metrics: Spearman ρ = {rho:+.2f} ({p_text(r['spearman_p'])}), Kendall τ = "
+            f"{r['kendall_tau']:+.2f} ({p_text(r['kendall_p'])}).")
 
 
 def reevaluation_markdown(r: dict) -> str:

@@ -7,34 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .markdown import GROUPS, gx_group, p_cell, table
+from .reevaluate import reevaluation_markdown
 from .store import csv_text, write_text_atomic
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or value == "":
-        return "–"
-    if isinstance(value, float):
-        if value != value:
-            return "n/a"
-        if value == 0 or 1e-3 <= abs(value) < 1e6:
-            return f"{value:.{digits}g}"
-        return f"{value:.2e}"
-    return str(value)
-
-
-def _pv(p: float) -> str:
-    return "n/a" if p != p else "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A markdown table; ``columns`` are (key, header); ``|`` inside cells is escaped."""
-    if not rows:
-        return "_(none)_\n"
-    head = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
-    body = "".join("| " + " | ".join(
-        (_pv(r[k]) if k.endswith("_p") or k in ("holm_p", "p") else _fmt(r.get(k))).replace("|", "\\|")
-        for k, _ in columns) + " |\n" for r in rows)
-    return head + body
 
 
 def _code(rows: list[dict], key: str = "expression") -> list[dict]:
@@ -50,7 +25,7 @@ def _pyplot():
     return plt
 
 
-def _yscale(ax, values, label: str = "fitness perplexity") -> None:
+def perplexity_axis(ax, values, label: str = "fitness perplexity") -> None:
     """Log scale when the values span more than a factor 10 (typical of a search), else linear (readable ticks)."""
     values = [v for v in values if v == v and v > 0]
     wide = bool(values) and max(values) / min(values) > 10
@@ -58,7 +33,8 @@ def _yscale(ax, values, label: str = "fitness perplexity") -> None:
     ax.set_ylabel(f"{label} (log scale)" if wide else label)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and close a figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
@@ -82,11 +58,11 @@ def plot_fitness(s: dict, data: dict, path: Path) -> Path:
     med = [(i, m) for i, m in zip(prog["logbook_iterations"], prog["population_median"]) if m == m]
     if med:
         ax.plot(*zip(*med), color="C1", lw=1.5, label="population median (logbook)")
-    _yscale(ax, [c["fitness"] for c in v])
+    perplexity_axis(ax, [c["fitness"] for c in v])
     ax.set_xlabel("iteration")
     ax.set_title(f"Fitness over iterations ({s['n_invalid'] + s['n_unparsed']} invalid not shown)", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pareto(s: dict, data: dict, path: Path) -> Path:
@@ -101,11 +77,11 @@ def plot_pareto(s: dict, data: dict, path: Path) -> Path:
         ax.step([c["size"] for c in front], [c["fitness"] for c in front], where="post", color="C3", lw=1.5)
         ax.scatter([c["size"] for c in front], [c["fitness"] for c in front], color="C3", s=25, zorder=3,
                    label="Pareto front")
-    _yscale(ax, [c["fitness"] for c in v])
+    perplexity_axis(ax, [c["fitness"] for c in v])
     ax.set_xlabel("tree size (nodes)")
     ax.set_title("Tree size vs perplexity", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_correlations(s: dict, path: Path) -> Path:
@@ -118,7 +94,7 @@ def plot_correlations(s: dict, path: Path) -> Path:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("Spearman ρ with log-perplexity (< 0: goes with better metrics)")
     ax.set_title("Rank correlations (coloured: Holm-adjusted p < 0.05)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attribution(s: dict, path: Path) -> Path:
@@ -131,22 +107,21 @@ def plot_attribution(s: dict, path: Path) -> Path:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("log2(geometric-mean ppl with / without)   (< 0: lower perplexity with it)")
     ax.set_title("Leaf and operator attribution (faded: Holm-adjusted p ≥ 0.05)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_groups(s: dict, data: dict, path: Path) -> Path:
-    from .analysis import GROUPS, _gx_group
 
     plt = _pyplot()
-    groups = [(g, [c["fitness"] for c in data["valid"] if _gx_group(c["leaves"]) == g]) for g in GROUPS]
+    groups = [(g, [c["fitness"] for c in data["valid"] if gx_group(c["leaves"]) == g]) for g in GROUPS]
     groups = [(g, v) for g, v in groups if v]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if groups:
         ax.boxplot([v for _, v in groups], showfliers=True)
         ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(v)})" for g, v in groups])
-    _yscale(ax, [x for _, v in groups for x in v])
+    perplexity_axis(ax, [x for _, v in groups for x in v])
     ax.set_title("Use of X vs G (besides W)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -241,13 +216,12 @@ def write_run_report(s: dict, data: dict, out: Path, plots: bool = True) -> dict
           "\n## Use of X vs G\n\n", fig("groups", "use of X vs G"),
           table(s["gx"]["rows"], [("group", "leaves used (besides W)"), ("n", "n"), ("geo", "geo ppl"),
                                   ("median", "median ppl"), ("best", "best ppl")]),
-          f"\nKruskal-Wallis across the groups with ≥ 2 candidates: {_pv(s['gx']['kruskal_p'])}.\n"]
+          f"\nKruskal-Wallis across the groups with ≥ 2 candidates: {p_cell(s['gx']['kruskal_p'])}.\n"]
     if s["baselines"]:
         md += ["\n## Known metrics evaluated in this run\n\n",
                table(_code(s["baselines"]), [("name", "metric"), ("fitness", "fitness ppl"), ("rank", "rank"),
                                              ("expression", "expression")])]
     if s.get("reevaluation"):
-        from .reevaluate import reevaluation_markdown
         md.append(reevaluation_markdown(s["reevaluation"]))
     text = "\n".join(block.strip("\n") + "\n" for block in md if block.strip())  # one blank line between blocks
     write_text_atomic(out / "report.md", text)

@@ -27,16 +27,13 @@ from tqdm.auto import tqdm
 from evaluators.checkpoint import versions
 from primitives import parse, rank_key, simplify_tree, to_string
 
-from .config import ConfigError, SearchConfig, load_config
+from .config import RIVAL_KEYS, ConfigError, SearchConfig, load_config
 from .evaluation import CandidatePool, fitness_of, member_fitness
 from .store import HALL_OF_FAME, LOGBOOK, RunStore
 from .toolbox import KNOWN_METRICS, build_toolbox, individual
 from .worker import evaluator_for, problem
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
-# What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
-RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "race_chunk",
-              "proxy_gate", "proxy_gate_margin")
 LOG_COLUMNS = ["iteration", "requested", "computed", "key_hits", "mask_hits", "failed", "raced", "gated", "halved",
                "windows", "best_fitness", "median_fitness", "best_expression", "elapsed_s"]
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from evaluators.checkpoint import write_json_atomic
 
+from .config import LEGACY_DEFAULTS
+
 CONFIG, EVALUATIONS, CHECKPOINT = "config.json", "evaluations.jsonl", "checkpoint.json"
-# Runs made before a key existed behaved as these values say (not as today's defaults).
-LEGACY_DEFAULTS = {"race_against": "worst", "proxy_gate_margin": 1.0, "proxy_gate_rows": 1, "dtype": "float32",
-                   "mask_fingerprint": "host", "race_chunk": 1}
 HALL_OF_FAME, LOGBOOK = "hall_of_fame.csv", "logbook.csv"
 
 

@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 
-_EVALUATORS: dict[str, object] = {}
+from .config import PROBLEM_KEYS
 
-# The keys that define the fitness problem; two configs equal on these share one evaluator.
-PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "dtype", "mask_fingerprint", "data", "data_dir", "nsamples",
-                "calib_seqlen", "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
+_EVALUATORS: dict[str, object] = {}
 
 
 def problem(config: dict) -> dict:
@@ -36,7 +34,7 @@ def load_problem(spec: dict, progress: bool = False):
     stats, _ = compute_statistics(model, cal, cal_spec.describe(), needs, spec["grad_norm"], progress=progress)
     windows, fit_spec = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
                                         data_dir)
-    structure = parse_structure(None if spec["structure"] == "unstructured" else spec["structure"])
+    structure = parse_structure(spec["structure"])
     evaluator = FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"],
                                  spec["mask_fingerprint"] or None)
     evaluator.protocol = fit_spec.describe()

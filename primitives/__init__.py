@@ -19,8 +19,8 @@ from .registry import EPS, EXP_MAX, LEAVES, OPERATORS, Leaf, Operator, register_
 from .report import leaf_table, operator_table, simplify_report
 from .simplify import is_nonneg, simplify_tree
 from .sympy_bridge import from_sympy, leaf_symbol, to_sympy
-from .trees import (Node, default_pset, leaves_used, make_primitive_set, to_infix, to_latex, to_node,
-                    to_string, tree_height, tree_size)
+from .nodes import Node, default_pset, make_primitive_set, to_node
+from .trees import leaves_used, to_infix, to_latex, to_string, tree_height, tree_size
 
 __all__ = [
     "LEAVES", "register_leaf", "OPERATORS", "register_operator", "ExpressionError", "make_primitive_set",

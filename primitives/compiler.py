@@ -9,7 +9,8 @@ from deap import gp
 from . import ops_torch as T
 from .errors import ExpressionError
 from .registry import LEAVES, OPERATORS
-from .trees import Node, TreeLike, as_tree, node_string, to_node
+from .nodes import Node, to_node
+from .trees import TreeLike, as_tree, node_string
 
 _Env = list  # [leaf tensors by slot..., reference tensor, full shape]
 _Fn = Callable[[_Env], "tuple[torch.Tensor, bool]"]  # returns (tensor, owned by the compiled tree)

@@ -36,7 +36,8 @@ from .ops_sympy import MONOTONE, abs_real, is_nonneg_real, is_scalar
 from .registry import OPERATORS
 from .simplify import simplify_node
 from .sympy_bridge import function_map, node_to_sympy
-from .trees import Node, TreeLike, as_tree, node_string, to_node
+from .nodes import Node, to_node
+from .trees import TreeLike, as_tree, node_string
 
 MAX_TERMS = 400
 MAX_FACTOR_TERMS = 12

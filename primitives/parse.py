@@ -19,7 +19,7 @@ from deap import gp
 
 from .errors import ExpressionError
 from .registry import LEAVES, OPERATORS
-from .trees import Node, default_pset, from_node
+from .nodes import Node, default_pset, from_node
 
 _TOKEN = re.compile(r"(?P<ws>\s+)|(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)"
                     r"|(?P<punct>[(),+\-*/])")

@@ -24,7 +24,8 @@ from deap import gp
 
 from .errors import ExpressionError
 from .registry import LEAVES, OPERATORS
-from .trees import Node, TreeLike, as_tree, default_pset, from_node, to_node
+from .nodes import Node, default_pset, from_node, to_node
+from .trees import TreeLike, as_tree
 
 _FROM_PZ = {"div": "divnorm", "pow": "sqr"}
 _TO_PZ = {"divnorm": "div"}

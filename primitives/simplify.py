@@ -35,7 +35,8 @@ import functools
 from deap import gp
 
 from .registry import LEAVES, OPERATORS
-from .trees import Node, TreeLike, as_tree, default_pset, from_node, to_node
+from .nodes import Node, default_pset, from_node, to_node
+from .trees import TreeLike, as_tree
 
 
 @functools.lru_cache(maxsize=65536)

@@ -16,7 +16,8 @@ from . import registry
 from .errors import ExpressionError
 from .ops_sympy import fro
 from .registry import LEAVES, OPERATORS
-from .trees import Node, TreeLike, as_tree, default_pset, from_node, to_node
+from .nodes import Node, default_pset, from_node, to_node
+from .trees import TreeLike, as_tree
 
 
 def leaf_symbol(name: str) -> sp.Symbol:

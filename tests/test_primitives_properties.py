@@ -78,10 +78,10 @@ def guards_quiet(tree, W, X, G) -> bool:
                   "exp": (0, lambda v: v.max() < 80)}
         if n.name in checks:
             i, ok = checks[n.name]
-            if not ok(P.compile_tree(P.trees.from_node(n.args[i]))(W, X, G)):
+            if not ok(P.compile_tree(P.nodes.from_node(n.args[i]))(W, X, G)):
                 return False
         if n.name in ("sqr", "mul", "add", "sub", "div", "divnorm"):
-            if P.compile_tree(P.trees.from_node(n))(W, X, G).abs().max() > 1e300:
+            if P.compile_tree(P.nodes.from_node(n))(W, X, G).abs().max() > 1e300:
                 return False
     return True
 

@@ -1,0 +1,75 @@
+"""The house rules that can be checked: imports point down the layers with no circles, files stay short."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["primitives", "evaluators", "metric_search"]  # each may import only from itself and the ones before
+MAX_LINES = 400
+
+
+def modules() -> dict[str, Path]:
+    return {f"{pkg}.{path.stem}": path for pkg in LAYERS for path in sorted((ROOT / pkg).glob("*.py"))}
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """Project modules that ``name`` imports anywhere in its file (module level or inside functions)."""
+    package = name.split(".")[0]
+    known = modules()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = f"{package}.{node.module or ''}".rstrip(".") if node.level else node.module or ""
+            if node.level and not node.module:  # from . import x
+                candidates = [f"{package}.{alias.name}" for alias in node.names]
+            else:
+                candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            found.update(c for c in candidates if c in known)
+            if base in LAYERS:
+                found.add(f"{base}.__init__")
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+    found.discard(name)
+    return found
+
+
+def test_imports_point_down_the_layers():
+    for name, path in modules().items():
+        rank = LAYERS.index(name.split(".")[0])
+        for target in imports_of(name, path):
+            assert LAYERS.index(target.split(".")[0]) <= rank, f"{name} imports {target}, a layer above it"
+
+
+def test_no_import_circles():
+    graph = {name: imports_of(name, path) - {f"{name.split('.')[0]}.__init__"} for name, path in modules().items()}
+    state: dict[str, str] = {}
+    circles = []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                circles.append(" → ".join(trail[trail.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "import circles: " + "; ".join(circles)
+
+
+@pytest.mark.parametrize("folder", LAYERS + ["benchmarks", "tests"])
+def test_files_stay_short(folder):
+    long = {p.name: n for p in (ROOT / folder).glob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_config_key_groups_name_real_fields():
+    from metric_search import config
+
+    fields = set(config.FIELDS)
+    for group in ("PROBLEM_KEYS", "RIVAL_KEYS", "RACE_KEYS", "GATE_KEYS", "COMPARED_KEYS", "LEGACY_DEFAULTS"):
+        assert set(getattr(config, group)) <= fields, f"{group} names keys SearchConfig does not have"
