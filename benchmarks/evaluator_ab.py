@@ -50,8 +50,11 @@ def main() -> None:
 
     def run(evaluator, proxies):
         def work():
-            evaluator.proxies = proxies
-            evaluator.evaluate(fn)
+            if evaluator is ours:
+                evaluator.evaluate(fn, proxies=proxies)
+            else:  # a checkout from before EvaluationRequest took its proxies as an attribute
+                evaluator.proxies = proxies
+                evaluator.evaluate(fn)
         return work
     works = [("this checkout", run(ours, False)), ("base", run(base, False)),
              ("this checkout, proxies", run(ours, True)), ("base, proxies", run(base, True)),

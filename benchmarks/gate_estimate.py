@@ -62,7 +62,6 @@ def main() -> None:
         begin = time.perf_counter()
         masks = evaluator.masks(fn, scores)
         evaluator.mask_hash(masks)
-        evaluator.reference_masks = None
         evaluator.proxy_values(masks)
         exact_seconds += scored + time.perf_counter() - begin
     print(f"\n{len(records)} candidates from {', '.join(args.run_dirs)}; skip factor {SAMPLED_GATE_FACTOR:g}\n")

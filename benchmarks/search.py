@@ -55,16 +55,14 @@ def main() -> None:
     # one dense forward over the same fitness windows: interleaved in this process in rotating order, so that
     # load and drift hit all three alike.
     chosen_fn = compile_tree(parse(search.hall_of_fame_[0]["expression"]))
-    never_lost = Race(1e9, cfg.race_min_windows, cfg.race_z) if cfg.racing else None
+    never_lost = Race(1e9, cfg.race_min_windows, cfg.race_z, cfg.race_chunk or 1) if cfg.racing else None
     timings: dict[str, list[float]] = {"plain": [], "as searched": [], "forward": []}
 
     def plain():
-        evaluator.proxies = False
         evaluator.evaluate(chosen_fn)
 
     def as_searched():
-        evaluator.proxies = cfg.proxies or cfg.proxy_gate
-        evaluator.evaluate(chosen_fn, race=never_lost)
+        evaluator.evaluate(chosen_fn, race=never_lost, proxies=cfg.proxies or cfg.proxy_gate)
 
     works = [("plain", plain), ("as searched", as_searched),
              ("forward", lambda: window_nlls(evaluator.model, evaluator.windows, cfg.batch_size))]
@@ -75,7 +73,6 @@ def main() -> None:
                 t0 = time.perf_counter()
                 work()
                 timings[name].append(time.perf_counter() - t0)
-    evaluator.proxies = False
     median = {name: statistics.median(values) for name, values in timings.items()}
     computed = [r["seconds"] for r in search.evaluations_ if r["status"] == "ok" and not r["cached"]]
     counts = search.store.checkpoint()["counts"]

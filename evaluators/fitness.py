@@ -32,11 +32,13 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
+
+from primitives import compile_tree, parse
 
 from .devices import to_host
 from .fingerprint import mask_fingerprint
@@ -86,6 +88,26 @@ class Race:
         return bool(d.mean() - self.z * spread / math.sqrt(n) > 0)
 
 
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """How to evaluate one candidate, every field optional; small and picklable, so it crosses joblib, Dask
+    and Ray whole.
+
+    ``start``/``stop``: the window range. ``race``: stop once certainly worse than its reference.
+    ``proxies``: compute ``recon`` (and ``overlap`` against the masks of ``reference``, the current best's
+    expression). ``gate``: skip the forward when ``recon`` exceeds it; ``gate_rows > 1`` estimates it on 1
+    row in this many first.
+    """
+
+    start: int = 0
+    stop: int | None = None
+    race: Race | None = None
+    proxies: bool = False
+    reference: str | None = None
+    gate: float | None = None
+    gate_rows: int = 1
+
+
 # A sampled ``recon`` estimate skips the full masks only above this multiple of the gate. On the 452
 # distinct candidates of seven recorded SmolLM2 runs (two seeds), the estimate from one row in 8 was at most
 # 1.16× the exact value (``benchmarks/gate_estimate.py``); a skip needs more than 1.25× the gate.
@@ -108,11 +130,14 @@ class FitnessEvaluator:
         fingerprint: mask fingerprint scheme, ``device`` or ``host`` (``fingerprint.py``); ``None``: ``host``
             when every layer is on the CPU (the faster there), else ``device``.
         dense_copy: keep a dense copy of the prunable weights to restore from; ``None``: only on the CPU.
+        tokenizer: the model's tokenizer, kept for callers that cut more windows (the final test perplexities).
     """
 
     def __init__(self, model, stats: dict, windows: torch.Tensor, sparsity: float, structure: Structure,
-                 batch_size: int = 4, fingerprint: str | None = None, dense_copy: bool | None = None):
+                 batch_size: int = 4, fingerprint: str | None = None, dense_copy: bool | None = None,
+                 tokenizer=None):
         self.model = model
+        self.tokenizer = tokenizer
         self.linears = prunable_linears(model)
         self.on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
         self.fingerprint = fingerprint or ("host" if self.on_cpu else "device")
@@ -123,8 +148,7 @@ class FitnessEvaluator:
         self.sparsity = sparsity
         self.structure = structure
         self.batch_size = batch_size
-        self.proxies = False
-        self.reference_masks: dict[str, torch.Tensor] | None = None
+        self._reference: tuple[str, dict[str, torch.Tensor]] | None = None  # (expression, masks) of the last one
 
     def weight(self, name: str) -> torch.Tensor:
         """Layer ``name``'s dense weight in float32 (a view when it is float32 already)."""
@@ -169,12 +193,19 @@ class FitnessEvaluator:
         total = energy.sum()
         return torch.stack([total, energy.mul_(mask).sum()])
 
+    def reference_masks(self, expression: str) -> dict[str, torch.Tensor]:
+        """The masks of ``expression`` (the current best, for the overlap proxy), kept until it changes."""
+        if self._reference is None or self._reference[0] != expression:
+            self._reference = (expression, self.masks(compile_tree(parse(expression))))
+        return self._reference[1]
+
     @torch.no_grad()
-    def proxy_values(self, masks: dict[str, torch.Tensor]) -> dict:
+    def proxy_values(self, masks: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None = None) -> dict:
+        """``recon`` of ``masks``, and their ``overlap`` with the ``reference`` masks when given."""
         sums = [self._energy_sums(name, mask) for name, mask in masks.items() if "X" in self.stats.get(name, {})]
         values = {"recon": float(np.mean(_shares(sums)))} if sums else {}
-        if self.reference_masks is not None:
-            counts = sum(to_host([torch.stack([mask.logical_and(self.reference_masks[name]).sum(), mask.sum()])
+        if reference is not None:
+            counts = sum(to_host([torch.stack([mask.logical_and(reference[name]).sum(), mask.sum()])
                                   for name, mask in masks.items()])).tolist()
             values["overlap"] = counts[0] / max(counts[1], 1)
         return values
@@ -218,16 +249,16 @@ class FitnessEvaluator:
         for name, values in saved.items():
             self.linears[name].weight.data.masked_scatter_(masks[name], values)
 
-    def evaluate(self, fn, known: dict[str, dict] | None = None, race: Race | None = None,
-                 start: int = 0, stop: int | None = None, gate: float | None = None,
-                 gate_rows: int = 1) -> FitnessResult:
-        """Fitness of ``fn`` on windows ``[start, stop)``.
+    def evaluate(self, fn, known: dict[str, dict] | None = None, request: EvaluationRequest | None = None,
+                 **settings) -> FitnessResult:
+        """Fitness of ``fn`` as ``request`` says (``settings``: its fields, overriding it, e.g. ``race=...``).
 
-        ``known`` maps mask hashes to earlier results (``{"fitness", "status"}``): a hit skips the forward.
-        ``gate``: skip the forward (status ``gated``) when the ``recon`` proxy exceeds it. ``gate_rows > 1``
-        first estimates ``recon`` on every ``gate_rows``-th row and skips the full masks too when the
-        estimate exceeds ``SAMPLED_GATE_FACTOR × gate`` (such a candidate is not looked up in ``known``).
+        ``known`` maps mask fingerprints to earlier results (``{"fitness", "status"}``): a hit skips the forward.
+        With a gate and ``gate_rows > 1``, an estimate above ``SAMPLED_GATE_FACTOR × gate`` skips the full
+        masks too (such a candidate is not looked up in ``known``).
         """
+        request = replace(request or EvaluationRequest(), **settings)
+        start, stop, race, gate, gate_rows = request.start, request.stop, request.race, request.gate, request.gate_rows
         begin = time.perf_counter()
         try:
             if gate is not None and gate_rows > 1:
@@ -252,7 +283,8 @@ class FitnessEvaluator:
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
             return FitnessResult(None, "error", f"{reason} | {where}", seconds=time.perf_counter() - begin)
         digest = self.mask_hash(masks)
-        proxies = self.proxy_values(masks) if self.proxies or gate is not None else {}
+        reference = self.reference_masks(request.reference) if request.proxies and request.reference else None
+        proxies = self.proxy_values(masks, reference) if request.proxies or gate is not None else {}
         if known is not None and digest in known:
             hit = known[digest]
             return FitnessResult(hit["fitness"], hit["status"], "mask cache", digest,

@@ -45,7 +45,7 @@ def replay_rivals(records: list[dict], population_size: int, race_rank: int) -> 
 
 
 def race_for(search, rival: dict) -> Race:
-    return Race(**search.race_options(rival))
+    return search.race_against(rival)
 
 
 def replay_agrees(search, pairs: list[tuple[dict, dict]]) -> tuple[int, int]:

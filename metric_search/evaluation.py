@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 from joblib import Parallel, delayed
+
+from evaluators.fitness import EvaluationRequest
 
 from primitives import canonical_key, rank_key, to_string, tree_height, tree_size
 
@@ -40,8 +43,8 @@ def member_fitness(record: dict, initial: bool = False) -> float:
     return fitness_of(record)
 
 
-def _job(index: int, spec: dict, expression: str, known: dict, options: dict) -> tuple[int, dict]:
-    return index, evaluate_expression(spec, expression, known, options)
+def _job(index: int, spec: dict, expression: str, known: dict, request: EvaluationRequest) -> tuple[int, dict]:
+    return index, evaluate_expression(spec, expression, known, request)
 
 
 class CandidatePool:
@@ -104,7 +107,7 @@ class CandidatePool:
         self.counts["windows"] += 0 if cached else len(window_nll)
         return record
 
-    def evaluate(self, trees: list, iteration: int, options: dict | None = None, bar=None) -> list[dict]:
+    def evaluate(self, trees: list, iteration: int, request: EvaluationRequest | None = None, bar=None) -> list[dict]:
         """Records for ``trees`` in order; new ones are appended to ``evaluations.jsonl`` as they finish.
 
         ``bar``: a tqdm bar advanced once per tree (cache hits at once, the others as they finish).
@@ -113,7 +116,8 @@ class CandidatePool:
         by_index = {job[0]: job for job in jobs}
         if bar is not None:  # key-cache hits are done now; the rest count as their evaluation finishes
             bar.update(len(trees) - sum(len(indices) for indices in pending.values()))
-        for index, result in self._run([(i, to_string(t), options or {}) for i, _k, t in jobs]):
+        request = request or EvaluationRequest()
+        for index, result in self._run([(i, to_string(t), request) for i, _k, t in jobs]):
             _, key, tree = by_index[index]
             record = self._record(tree, key, result, iteration, result["window_nll"])
             for j in pending[key]:
@@ -122,7 +126,8 @@ class CandidatePool:
                 bar.update(len(pending[key]))
         return records
 
-    def evaluate_halving(self, trees: list, iteration: int, total: int, first: int, options: dict | None = None):
+    def evaluate_halving(self, trees: list, iteration: int, total: int, first: int,
+                         request: EvaluationRequest | None = None):
         """Successive halving: every new candidate on ``first`` windows, the better half on twice as
         many, and so on up to ``total``; candidates dropped on the way are recorded as ``halved``."""
         records, pending, jobs = self._split(trees)
@@ -131,7 +136,7 @@ class CandidatePool:
         results: dict[int, dict] = {}
         done, stop = 0, min(first, total)
         while alive:
-            work = [(i, to_string(tree), {**(options or {}), "start": done, "stop": stop})
+            work = [(i, to_string(tree), replace(request or EvaluationRequest(), start=done, stop=stop))
                     for i, (_key, tree) in alive.items()]
             for index, result in self._run(work):
                 results[index] = result
@@ -160,11 +165,11 @@ class CandidatePool:
         for j in pending[key]:
             records[j] = record
 
-    def _run(self, work: list[tuple[int, str, dict]]):
+    def _run(self, work: list[tuple[int, str, EvaluationRequest]]):
         if self.n_jobs == 1 or len(work) <= 1:  # in process: the mask cache is live between jobs
-            for i, expression, options in work:
-                yield _job(i, self.spec, expression, self.by_mask, options)
+            for i, expression, request in work:
+                yield _job(i, self.spec, expression, self.by_mask, request)
             return
         known = dict(self.by_mask)
         yield from Parallel(n_jobs=self.n_jobs, return_as="generator_unordered")(
-            delayed(_job)(i, self.spec, expression, known, options) for i, expression, options in work)
+            delayed(_job)(i, self.spec, expression, known, request) for i, expression, request in work)

@@ -110,7 +110,6 @@ def reevaluation_markdown(r: dict) -> str:
     """The report section for a :func:`reevaluate` result."""
     p = r["protocol"]
     q = p["perplexity"]
-    rho = r["spearman_rho"]
     verdict = reevaluation_sentence(r).rstrip(".")
     return (f"\n## Re-evaluation under another protocol\n\n"
             f"The first {len(r['rows'])} hall-of-fame metrics pruned again: {p['mode']}, sparsity {p['sparsity']:g} "

@@ -17,6 +17,7 @@ import math
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from deap import algorithms
 from tqdm.auto import tqdm
 
 from evaluators.checkpoint import versions
+from evaluators.fitness import EvaluationRequest, Race
 from primitives import parse, rank_key, simplify_tree, to_string
 
 from .config import RIVAL_KEYS, ConfigError, SearchConfig, load_config
@@ -121,25 +123,23 @@ class MetricSearch:
     def _out_of_time(self) -> bool:
         return self.config.max_seconds > 0 and time.perf_counter() - self.started > self.config.max_seconds
 
-    def _options(self, population: list) -> dict:
-        """Multi-fidelity options for the next evaluations, from the current (sorted) population."""
-        cfg, options = self.config, {}
+    def _request(self, population: list) -> EvaluationRequest:
+        """How the next candidates are evaluated (multi-fidelity), from the current (sorted) population."""
+        cfg, request = self.config, EvaluationRequest()
         records = [self.pool.by_key.get(rank_key(ind)) for ind in population]
         if cfg.proxies or cfg.proxy_gate:
-            options["proxies"] = True
-            options["reference"] = to_string(population[0]) if population else None
+            request = replace(request, proxies=True, reference=to_string(population[0]) if population else None)
         if len(population) < cfg.population_size:
-            return options
+            return request
         rivals = records[:self.race_rank()]  # the members a child must beat to change anything
         if cfg.proxy_gate:
             recon = [r["proxies"].get("recon") for r in rivals if r and r.get("proxies")]
             if recon and len(recon) == len(rivals) and all(v is not None for v in recon):
-                options["gate"] = max(recon) * cfg.proxy_gate_margin
-                options["gate_rows"] = cfg.proxy_gate_rows
+                request = replace(request, gate=max(recon) * cfg.proxy_gate_margin, gate_rows=cfg.proxy_gate_rows)
         rival = rivals[-1] if rivals else None
         if cfg.racing and rival and rival["status"] in ("ok", "raced"):
-            options["race"] = self.race_options(rival)
-        return options
+            request = replace(request, race=self.race_against(rival))
+        return request
 
     def race_rank(self) -> int:
         """How many members a child must not be certainly worse than. In steady state parents are drawn
@@ -152,25 +152,24 @@ class MetricSearch:
             return min(cfg.top_k, cfg.population_size)
         return cfg.population_size
 
-    def race_options(self, record: dict) -> dict:
-        """``Race`` fields for racing a child against ``record`` (its windows, else its mean NLL)."""
+    def race_against(self, record: dict) -> Race:
+        """The ``Race`` of a child against ``record`` (its windows, else its mean NLL)."""
         cfg = self.config
         reference = record["window_nll"] or math.log(record["fitness"])
-        return {"reference_nll": reference, "min_windows": cfg.race_min_windows, "z": cfg.race_z,
-                "chunk": cfg.race_chunk or 1}
+        return Race(reference, cfg.race_min_windows, cfg.race_z, cfg.race_chunk or 1)
 
     def _evaluate_initial(self, population: list, seeded: int) -> list[dict]:
         """Records of the initial population, whose first ``seeded`` members are the seed metrics. With
         racing, the seeds are evaluated in full first and every random member is raced against the worst."""
-        options = self._options([])
+        request = self._request([])
         with tqdm(total=len(population), desc="initial population", disable=not self.progress) as bar:
             if not (self.config.racing and seeded and self.config.mode == "steady"):
-                return self.pool.evaluate(population, 0, options, bar)
-            first = self.pool.evaluate(population[:seeded], 0, options, bar)
+                return self.pool.evaluate(population, 0, request, bar)
+            first = self.pool.evaluate(population[:seeded], 0, request, bar)
             complete = [r for r in first if r["status"] == "ok"]
             if complete:
-                options = {**options, "race": self.race_options(max(complete, key=fitness_of))}
-            return first + self.pool.evaluate(population[seeded:], 0, options, bar)
+                request = replace(request, race=self.race_against(max(complete, key=fitness_of)))
+            return first + self.pool.evaluate(population[seeded:], 0, request, bar)
 
     def _initial_population(self) -> tuple[list, int]:
         """The seed metrics (duplicates dropped), then unique random trees; and how many are seeds."""
@@ -215,7 +214,7 @@ class MetricSearch:
             child = self._child(population, keys)
             keys.add(rank_key(child))
             children.append(child)
-        self._assign(children, self.pool.evaluate(children, iteration + 1, self._options(population)))
+        self._assign(children, self.pool.evaluate(children, iteration + 1, self._request(population)))
         return self._survivors(population + children), batch
 
     def _generation(self, population: list, iteration: int):
@@ -228,13 +227,12 @@ class MetricSearch:
                 child = self._unique(lambda: self.toolbox.mutate(self.toolbox.clone(ind))[0], keys)
             keys.add(rank_key(child))
             offspring.append(child)
-        options = self._options(population)
-        options.pop("race", None)  # racing is steady-state's; generational mode halves instead
+        request = replace(self._request(population), race=None)  # racing is steady-state's; generational halves
         if cfg.successive_halving:
             records = self.pool.evaluate_halving(offspring, iteration + 1, cfg.fitness_windows,
-                                                 cfg.halving_min_windows, options)
+                                                 cfg.halving_min_windows, request)
         else:
-            records = self.pool.evaluate(offspring, iteration + 1, options)
+            records = self.pool.evaluate(offspring, iteration + 1, request)
         self._assign(offspring, records)
         return self._survivors(population + offspring), 1
 

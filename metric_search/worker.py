@@ -32,14 +32,11 @@ def load_problem(spec: dict, progress: bool = False):
                                         spec["seed"], data_dir)
     needs = tuple(leaf for leaf in spec["leaves"] if leaf != "W")
     stats, _ = compute_statistics(model, cal, cal_spec.describe(), needs, spec["grad_norm"], progress=progress)
-    windows, fit_spec = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
+    windows, _ = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
                                         data_dir)
     structure = parse_structure(spec["structure"])
-    evaluator = FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"],
-                                 spec["mask_fingerprint"] or None)
-    evaluator.protocol = fit_spec.describe()
-    evaluator.tokenizer = tokenizer
-    return evaluator
+    return FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"],
+                            spec["mask_fingerprint"] or None, tokenizer=tokenizer)
 
 
 def _problem_key(spec: dict) -> str:
@@ -56,43 +53,20 @@ def evaluator_for(spec: dict, progress: bool = False):
 def register_evaluator(spec: dict, evaluator) -> None:
     """Use ``evaluator`` (a ``FitnessEvaluator`` over a model already in memory) for ``spec`` in this
     process, instead of loading the model named by the spec. For in-process searches (``n_jobs=1``) and
-    benchmarks on models built from a config; the final test perplexities need ``evaluator.tokenizer``."""
+    benchmarks on models built from a config; the final test perplexities need its ``tokenizer``."""
     _EVALUATORS[_problem_key(spec)] = evaluator
 
 
-def _reference_masks(evaluator, expression: str | None):
-    """Masks of the current best individual (for the overlap proxy), recomputed only when it changes."""
+def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict], request=None) -> dict:
+    """Fitness of one expression under an ``EvaluationRequest``, as a plain dict (what crosses process
+    boundaries)."""
+    from evaluators.fitness import FitnessResult
     from primitives import compile_tree, parse
 
-    if expression is None:
-        return None
-    if getattr(evaluator, "reference_expression", None) != expression:
-        evaluator.reference_masks = evaluator.masks(compile_tree(parse(expression)))
-        evaluator.reference_expression = expression
-    return evaluator.reference_masks
-
-
-def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict], options: dict | None = None) -> dict:
-    """Fitness of one expression, as a plain dict (what crosses process boundaries).
-
-    ``options`` (all optional): ``start``/``stop`` (window range), ``race`` (``Race`` fields),
-    ``proxies`` (bool), ``reference`` (best expression, for the overlap proxy), ``gate`` (skip the
-    forward when the ``recon`` proxy exceeds this value), ``gate_rows`` (estimate it on 1 row in this many
-    first).
-    """
-    from evaluators.fitness import FitnessResult, Race
-    from primitives import compile_tree, parse
-
-    options = options or {}
     evaluator = evaluator_for(spec)
     try:
         fn = compile_tree(parse(expression))
     except Exception as err:  # recorded, never raised: one bad candidate must not stop a search
         result = FitnessResult(None, "error", f"{type(err).__name__}: {err}".splitlines()[0])
         return {**result.to_dict(), "worker": os.getpid()}
-    evaluator.proxies = bool(options.get("proxies"))
-    evaluator.reference_masks = _reference_masks(evaluator, options.get("reference")) if evaluator.proxies else None
-    race = Race(**options["race"]) if options.get("race") else None
-    result = evaluator.evaluate(fn, known_masks, race, options.get("start", 0), options.get("stop"),
-                                options.get("gate"), options.get("gate_rows", 1))
-    return {**result.to_dict(), "worker": os.getpid()}
+    return {**evaluator.evaluate(fn, known_masks, request).to_dict(), "worker": os.getpid()}

@@ -59,13 +59,11 @@ def test_window_ranges_add_up(evaluator):
 
 
 def test_proxies_and_gate(evaluator):
-    evaluator.proxies = True
-    good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
+    good, bad = evaluator.evaluate(GOOD, proxies=True), evaluator.evaluate(BAD, proxies=True)
     assert 0 <= good.proxies["recon"] < bad.proxies["recon"] <= 1
-    gated = evaluator.evaluate(BAD, gate=good.proxies["recon"])
+    gated = evaluator.evaluate(BAD, gate=good.proxies["recon"], proxies=True)
     assert gated.status == "gated" and gated.window_nll == []
-    evaluator.reference_masks = evaluator.masks(GOOD)
-    assert evaluator.evaluate(GOOD).proxies["overlap"] == pytest.approx(1.0)
+    assert evaluator.evaluate(GOOD, proxies=True, reference="mul(abs(W), X)").proxies["overlap"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("holds_scores", [True, False])  # False: an accelerator's path, scores computed again
@@ -73,16 +71,16 @@ def test_sampled_gate_skips_only_far_above_the_gate_and_changes_nothing_else(eva
     from evaluators.fitness import SAMPLED_GATE_FACTOR
 
     evaluator.on_cpu = holds_scores
-    evaluator.proxies = True
-    good, bad = evaluator.evaluate(GOOD), evaluator.evaluate(BAD)
+    good, bad = evaluator.evaluate(GOOD, proxies=True), evaluator.evaluate(BAD, proxies=True)
     scores = {name: evaluator.layer_scores(BAD, name) for name in evaluator.linears}
     assert evaluator.recon_estimate(scores.__getitem__, 1) == pytest.approx(bad.proxies["recon"])  # every row: exact
     estimate = evaluator.recon_estimate(scores.__getitem__, 2)
-    skipped = evaluator.evaluate(BAD, gate=estimate / SAMPLED_GATE_FACTOR * 0.99, gate_rows=2)
+    skipped = evaluator.evaluate(BAD, gate=estimate / SAMPLED_GATE_FACTOR * 0.99, gate_rows=2, proxies=True)
     assert skipped.status == "gated" and skipped.mask_hash is None
     assert skipped.proxies == {"recon_sampled": pytest.approx(estimate)}
     for fn, gate in ((BAD, estimate / SAMPLED_GATE_FACTOR), (GOOD, good.proxies["recon"] * 1.01)):
-        exact, sampled = evaluator.evaluate(fn, gate=gate), evaluator.evaluate(fn, gate=gate, gate_rows=2)
+        exact = evaluator.evaluate(fn, gate=gate, proxies=True)
+        sampled = evaluator.evaluate(fn, gate=gate, gate_rows=2, proxies=True)
         assert (sampled.status, sampled.fitness, sampled.mask_hash, sampled.proxies) == \
             (exact.status, exact.fitness, exact.mask_hash, exact.proxies)  # not skipped: the exact rule decides
 
@@ -153,9 +151,9 @@ def test_race_and_gate_reference_the_member_a_child_must_beat(problem, tmp_path,
     for i, ind in enumerate(population):  # members 1..6, each with its own windows and recon
         search.pool.by_key[rank_key(ind)] = {"status": "ok", "fitness": 10.0 + i, "window_nll": [float(i)] * 6,
                                              "proxies": {"recon": 0.1 * (i + 1)}}
-    options = search._options(population)
-    assert options["race"]["reference_nll"] == [float(rank - 1)] * 6
-    assert options["gate"] == pytest.approx(0.1 * rank * 1.2)  # above every rival's recon, with a margin
+    request = search._request(population)
+    assert request.race.reference_nll == [float(rank - 1)] * 6
+    assert request.gate == pytest.approx(0.1 * rank * 1.2)  # above every rival's recon, with a margin
 
 
 def test_race_against_and_gate_margin_must_be_valid(problem):
