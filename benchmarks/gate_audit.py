@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from evaluators.checkpoint import write_json_atomic
-from metric_search.audit import audit_skipped, replay_agrees, replay_rivals
+from metric_search.results.audit import audit_skipped, replay_agrees, replay_rivals
 from metric_search.search import MetricSearch
 from metric_search.store import RunError
 

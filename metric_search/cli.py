@@ -53,7 +53,7 @@ def build_pruner(args):
     """The pruner named by ``--method`` (or any metric reference given to ``--metric``) with its options."""
     from evaluators import get_pruner
 
-    from .metrics import load_metric
+    from .results.metrics import load_metric
 
     # --score takes any metric reference (baseline, runs/<id>:best, exported file, expression)
     score = load_metric(args.score, grad_norm=args.grad_norm) if getattr(args, "score", None) else None
@@ -129,7 +129,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from .results.export import export_run
 
     results = export_run(args.run_dir, args.index, args.format, args.output)
     for stem, result in results.items():
@@ -143,20 +143,20 @@ def cmd_export(args) -> int:
 
 def cmd_analyze(args) -> int:
     if args.compare:
-        from .compare import compare_runs
+        from .results.compare import compare_runs
 
         result = compare_runs(args.run_dirs, args.output, args.top, plots=not args.no_plots,
                               partial=not args.full_only)
         print("\n".join(f"- {s}" for s in result["sentences"]))
         print(f"report: {result['files'][0]}")
         return 0
-    from .analysis import analyze_run
+    from .results.analysis import analyze_run
 
     if len(args.run_dirs) != 1:
         raise UsageError("analyze takes one run directory (add --compare to compare several)")
     reevaluation = None
     if args.reevaluate:
-        from .reevaluate import reevaluate
+        from .results.reevaluate import reevaluate
 
         if args.sparsity is not None or args.structure:
             _sparsity_and_structure(args.sparsity, args.structure)  # fail before loading the model
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from primitives import ExpressionError
 
     from .config import ConfigError
-    from .metrics import MetricError
+    from .results.metrics import MetricError
     from .store import RunError
 
     args = build_parser().parse_args(argv)

@@ -8,9 +8,9 @@ import pytest
 from deap import gp
 from scipy import stats as st
 
-from metric_search.analysis import analyze_run, holm, load_candidates, pareto_front
+from metric_search.results.analysis import analyze_run, holm, load_candidates, pareto_front
 from metric_search.cli import main
-from metric_search.compare import compare_runs
+from metric_search.results.compare import compare_runs
 from primitives import leaves_used, make_primitive_set, parse, to_string
 from test_metrics import make_run
 
@@ -160,7 +160,7 @@ def test_analyze_cli(tmp_path, candidates, capsys):
 
 
 def test_reevaluate_hall_of_fame_on_tiny_model(tmp_path, tiny_checkpoint, text_dir):
-    from metric_search.reevaluate import reevaluate
+    from metric_search.results.reevaluate import reevaluate
 
     run = make_run(tmp_path / "r", [("mul(abs(W), X)", 20.0), ("abs(W)", 30.0), ("mul(abs(W), sqrt(X))", 25.0),
                                     ("neg(abs(W))", 90.0)],

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metric_search.cli import main
-from metric_search.export import FORMATS, export_metric, export_run, parse_formats, read_sympy
-from metric_search.metrics import MetricError, load_metric
+from metric_search.results.export import FORMATS, export_metric, export_run, parse_formats, read_sympy
+from metric_search.results.metrics import MetricError, load_metric
 from primitives import compile_tree, from_pz_json, from_sympy, parse, rank_key, to_latex, to_string
 from test_metrics import make_run
 

@@ -198,7 +198,7 @@ def _record(iteration, fitness, status="ok", window_nll=None):
 
 
 def test_replay_finds_each_childs_rival():
-    from metric_search.audit import replay_rivals
+    from metric_search.results.audit import replay_rivals
 
     records = [_record(0, 10.0), _record(0, 14.0), _record(0, 30.0, "raced"),  # initial population of 3
                _record(1, 12.0), _record(2, None, "gated"), _record(3, 50.0, "raced"), _record(4, 11.0)]
@@ -212,7 +212,7 @@ def test_replay_finds_each_childs_rival():
 def test_audit_reproduces_the_runs_own_racing_decisions(problem, tmp_path):
     """Replaying a racing run finds the rival that raced each child out; re-racing a raced child against
     it stops at the same window, so the audit of gated children applies the run's own rule."""
-    from metric_search.audit import audit_skipped, replay_agrees, replay_rivals
+    from metric_search.results.audit import audit_skipped, replay_agrees, replay_rivals
 
     config = load_config(None, problem + ["iterations=16", "racing=true", "race_min_windows=2", "top_k=3"])
     search = MetricSearch(config, progress=False).fit(tmp_path / "run")

@@ -7,7 +7,7 @@ import torch
 from evaluators import Magnitude, SymbolicPruner, Wanda, prunable_linears
 from evaluators.pruners import PrunerZero
 from metric_search.cli import main
-from metric_search.metrics import MetricError, hall_of_fame, load_metric, run_metric
+from metric_search.results.metrics import MetricError, hall_of_fame, load_metric, run_metric
 from primitives import canonical_key, parse, rank_key, to_pz_json, to_string, tree_height, tree_size
 
 HOF_COLUMNS = ["rank", "chosen", "complexity", "fitness", "test_perplexity", "expression", "canonical_key"]
@@ -70,7 +70,7 @@ def test_symbolic_pruner_scores_like_the_baselines():
 
 
 def test_load_every_kind_of_reference(run, tmp_path):
-    from metric_search.export import export_metric
+    from metric_search.results.export import export_metric
 
     best = load_metric(f"{run}:best")
     assert isinstance(best, SymbolicPruner) and best.expression == "mul(abs(W), X)"

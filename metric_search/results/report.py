@@ -9,7 +9,7 @@ import numpy as np
 
 from .markdown import GROUPS, gx_group, p_cell, table
 from .reevaluate import reevaluation_markdown
-from .store import csv_text, write_text_atomic
+from ..store import csv_text, write_text_atomic
 
 
 def _code(rows: list[dict], key: str = "expression") -> list[dict]:
@@ -17,7 +17,8 @@ def _code(rows: list[dict], key: str = "expression") -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, imported when a plot is first drawn (the ``plot`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (headless servers, tests)
@@ -37,12 +38,12 @@ def save_figure(fig, path: Path) -> Path:
     """Lay out, write as PNG and close a figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_fitness(s: dict, data: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     v = data["valid"]
     full = [c for c in v if not c["partial"]]
@@ -66,7 +67,7 @@ def plot_fitness(s: dict, data: dict, path: Path) -> Path:
 
 
 def plot_pareto(s: dict, data: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     v = [c for c in data["valid"] if not c["partial"]]
     rng = np.random.default_rng(0)  # jitter so that equal sizes do not hide each other
@@ -85,7 +86,7 @@ def plot_pareto(s: dict, data: dict, path: Path) -> Path:
 
 
 def plot_correlations(s: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted(s["correlations"], key=lambda r: r["spearman_rho"])
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * max(1, len(rows))))
     colors = ["C2" if r["holm_p"] < 0.05 and r["spearman_rho"] < 0 else "C3" if r["holm_p"] < 0.05 else "lightgrey"
@@ -98,7 +99,7 @@ def plot_correlations(s: dict, path: Path) -> Path:
 
 
 def plot_attribution(s: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import to_rgba
     rows = sorted((r for r in s["attribution"] if r["ratio"] == r["ratio"]), key=lambda r: r["ratio"])
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * max(1, len(rows))))
@@ -112,7 +113,7 @@ def plot_attribution(s: dict, path: Path) -> Path:
 
 def plot_groups(s: dict, data: dict, path: Path) -> Path:
 
-    plt = _pyplot()
+    plt = pyplot()
     groups = [(g, [c["fitness"] for c in data["valid"] if gx_group(c["leaves"]) == g]) for g in GROUPS]
     groups = [(g, v) for g, v in groups if v]
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from evaluators.fitness import Race
 from primitives import compile_tree, parse
 
-from .evaluation import member_fitness
-from .worker import evaluator_for, problem
+from ..evaluation import member_fitness
+from ..worker import evaluator_for, problem
 
 
 def replay_rivals(records: list[dict], population_size: int, race_rank: int) -> list[tuple[dict, dict]]:

@@ -18,11 +18,11 @@ import numpy as np
 from scipy import stats as st
 
 from .analysis import load_candidates
-from .config import COMPARED_KEYS
+from ..config import COMPARED_KEYS
 from .markdown import p_text, table
 from .metrics import MetricError
 from .report import perplexity_axis, save_figure
-from .store import write_text_atomic
+from ..store import write_text_atomic
 
 
 def _best_by_key(data: dict) -> dict[str, dict]:
@@ -102,9 +102,9 @@ def _sentences(pair: dict, diffs: dict) -> list[str]:
 
 
 def _plot_pair(pair: dict, path: Path) -> Path:
-    from .report import _pyplot
+    from .report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     xs = [s["fitness_a"] for s in pair["shared"]]
     ys = [s["fitness_b"] for s in pair["shared"]]

@@ -37,7 +37,7 @@ from .metrics import MetricError, hall_of_fame
 from .principles import principles
 from .reevaluate import reevaluation_sentence
 from .report import write_run_report
-from .store import CONFIG, EVALUATIONS, LOGBOOK, RunStore
+from ..store import CONFIG, EVALUATIONS, LOGBOOK, RunStore
 
 PARTIAL = ("raced", "halved")  # stopped early, with a perplexity estimated on fewer windows
 
@@ -234,7 +234,7 @@ def baselines(valid: list[dict]) -> list[dict]:
     """Known metrics (wanda, magnitude, …) found among the candidates by rank key, with their rank."""
     from primitives import rank_key
 
-    from .toolbox import KNOWN_METRICS
+    from ..toolbox import KNOWN_METRICS
 
     ranked = sorted(valid, key=lambda c: c["fitness"])
     out = []

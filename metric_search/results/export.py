@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .metrics import MetricError, hall_of_fame, parse_index, run_metric
-from .store import write_text_atomic
+from ..store import write_text_atomic
 
 FORMATS = ("json", "py", "sympy", "latex", "pz-json")
 

@@ -1,6 +1,6 @@
 """Turn any metric reference into a pruner: the one loader behind ``prune --metric``, ``--score`` and the API.
 
-    from metric_search.metrics import load_metric
+    from metric_search.results.metrics import load_metric
     load_metric("runs/demo:best")          # the chosen metric of a run (hall-of-fame rank 1)
     load_metric("runs/demo:3")             # hall-of-fame rank 3
     load_metric("runs/demo")               # same as runs/demo:best
@@ -18,7 +18,7 @@ import math
 import re
 from pathlib import Path
 
-from .store import CONFIG, EVALUATIONS, HALL_OF_FAME, RunStore
+from ..store import CONFIG, EVALUATIONS, HALL_OF_FAME, RunStore
 
 #: The index of a run reference: ``best`` or a 1-based hall-of-fame rank.
 _RUN_REF = re.compile(r"^(?P<path>.+):(?P<index>[^:/\\]*)$")
