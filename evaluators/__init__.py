@@ -4,8 +4,8 @@ from .checkpoint import save_pruned, versions, write_json_atomic
 from .data import (DataError, TextSpec, calibration_windows, evaluation_windows, fitness_windows,
                    load_rows, tokenize_stream)
 from .masks import MaskError, Structure, make_mask, nm_mask, parse_structure, unstructured_mask
-from .models import (ModelError, block_linears, decoder_blocks, load_model, model_fingerprint,
-                     prunable_linears)
+from .models import (ModelError, ModelLayout, block_linears, decoder_blocks, layout, load_model,
+                     model_fingerprint, prunable_linears)
 from .perplexity import PerplexityResult, perplexity, window_nlls
 from .pruners import GBLM, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda
 from .stats import compute_statistics, regional_gradient_norms, regional_gradients

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .masks import Structure, make_mask, resolve_sparsity
-from .models import block_linears, decoder_blocks, prunable_linears
+from .models import layout
 from .stats import BlockInputs, activation_norm_hooks, compute_statistics, norms_from_sums
 
 
@@ -67,11 +67,6 @@ def _mask_layer(pruner, name, linear, stats, sparsity, structure) -> float:
     return (weight == 0).float().mean().item()
 
 
-def _block_prefix(model) -> str:
-    blocks = decoder_blocks(model)
-    return next(name for name, m in model.named_modules() if m is blocks)
-
-
 def prune_model(model, pruner, calibration: Calibration | None, sparsity: float, structure: Structure,
                 sequential: bool = False, progress: bool = True) -> PruneReport:
     """Zero the lowest-scoring weights of every prunable Linear in place and report what was done."""
@@ -86,12 +81,12 @@ def prune_model(model, pruner, calibration: Calibration | None, sparsity: float,
         stats, info = compute_statistics(model, calibration.windows, calibration.spec, stat_needs,
                                          getattr(pruner, "grad_norm", "l2"), calibration.use_cache, progress)
     t_stats = time.perf_counter() - t0
-    blocks, prefix = decoder_blocks(model), _block_prefix(model)
+    parts = layout(model)
     layer_sparsity: dict[str, float] = {}
     t_score = 0.0
     inputs = BlockInputs(model, calibration.windows) if sequential and calibration is not None else None
-    for i, block in enumerate(tqdm(blocks, desc=f"pruning ({pruner.name})", disable=not progress)):
-        linears = block_linears(block)
+    for i, block in enumerate(tqdm(parts.blocks, desc=f"pruning ({pruner.name})", disable=not progress)):
+        linears = parts.block_linears[i]
         if inputs is not None:
             s0 = time.perf_counter()
             with activation_norm_hooks(linears) as sums:
@@ -100,7 +95,7 @@ def prune_model(model, pruner, calibration: Calibration | None, sparsity: float,
             t_stats += time.perf_counter() - s0
         s1 = time.perf_counter()
         for local, linear in linears.items():
-            name = f"{prefix}.{i}.{local}"
+            name = parts.name(i, local)
             layer_stats = dict(stats.get(name, {}))
             if inputs is not None and "X" in needs:
                 layer_stats["X"] = x_now[local]
@@ -110,7 +105,7 @@ def prune_model(model, pruner, calibration: Calibration | None, sparsity: float,
             s2 = time.perf_counter()
             inputs.forward(block)
             t_stats += time.perf_counter() - s2
-    sizes = {name: linear.weight.numel() for name, linear in prunable_linears(model).items()}
+    sizes = {name: linear.weight.numel() for name, linear in parts.linears.items()}
     zeros = sum(layer_sparsity[name] * size for name, size in sizes.items())
     if sequential:
         info = {**info, "X": "sequential (pruned-model inputs)"}

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .apply import Calibration, PruneReport, checked_scores
 from .masks import Structure, make_mask, resolve_sparsity
-from .models import block_linears, decoder_blocks, prunable_linears
+from .models import layout
 from .pruners import Pruner
 from .stats import (BlockInputs, activation_norm_hooks, compute_statistics, linear_hooks, norms_from_sums,
                     output_tensor, regional_gradients)
@@ -87,13 +87,12 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
                                          calibration.use_cache, progress)
     inputs = BlockInputs(model, calibration.windows, getattr(method, "batch_size", 4))
     n_windows = len(calibration.windows)
-    blocks = decoder_blocks(model)
-    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    parts = layout(model)
     seconds = {"statistics": time.perf_counter() - t0, "scoring_and_masking": 0.0}
     layer_sparsity, per_block = {}, {}
-    for i, block in enumerate(tqdm(blocks, desc=f"pruning ({method.name})", disable=not progress)):
+    for i, block in enumerate(tqdm(parts.blocks, desc=f"pruning ({method.name})", disable=not progress)):
         s0 = time.perf_counter()
-        linears = block_linears(block)
+        linears = parts.block_linears[i]
         want = {k: k in needs for k in ("X", "R", "H", "Y")}
         targets = None
         with activation_norm_hooks(linears if want["X"] else {}) as xsums, \
@@ -102,17 +101,17 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
                 rnorms, targets = regional_gradients(block, inputs)
             elif any(want.values()):
                 targets = block_outputs(block, inputs)
-        local = {f"{prefix}.{i}.{n}": dict(stats.get(f"{prefix}.{i}.{n}", {})) for n in linears}
+        local = {parts.name(i, n): dict(stats.get(parts.name(i, n), {})) for n in linears}
         for n in linears:
-            entry = local[f"{prefix}.{i}.{n}"]
+            entry = local[parts.name(i, n)]
             if want["X"]:
                 entry["X"] = norms_from_sums({n: xsums[n]}, n_windows)[n]
             if want["R"]:
                 entry["R"] = rnorms[n][grad_norm]
             if want["H"]:
                 entry["H"] = hsums[n] * (2.0 / n_windows)  # SparseGPT's scale; only its condition matters
-        step = BlockStep(i, f"{prefix}.{i}", block, linears, inputs,
-                         {n: local[f"{prefix}.{i}.{n}"] for n in linears},
+        step = BlockStep(i, f"{parts.prefix}.{i}", block, linears, inputs,
+                         {n: local[parts.name(i, n)] for n in linears},
                          targets if want["Y"] else None, sparsity, structure)
         s1 = time.perf_counter()
         method.prune_block(step)
@@ -121,10 +120,10 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
         seconds["statistics"] += (s1 - s0) + (time.perf_counter() - s2)
         seconds["scoring_and_masking"] += s2 - s1
         for n, linear in linears.items():
-            layer_sparsity[f"{prefix}.{i}.{n}"] = (linear.weight == 0).float().mean().item()
+            layer_sparsity[parts.name(i, n)] = (linear.weight == 0).float().mean().item()
         if step.info:
             per_block[step.prefix] = step.info
-    sizes = {name: linear.weight.numel() for name, linear in prunable_linears(model).items()}
+    sizes = {name: linear.weight.numel() for name, linear in parts.linears.items()}
     zeros = sum(layer_sparsity[name] * size for name, size in sizes.items())
     statistics = {**info, "needs": list(needs), "mode": "block-sequential (current inputs, dense block)"}
     if per_block:

@@ -18,6 +18,9 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -126,8 +129,41 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype | None =
     return model, tokenizer
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder blocks: the longest ModuleList whose items hold Linear layers."""
+@dataclass(frozen=True)
+class ModelLayout:
+    """A model's prunable structure, found once per model and handed to statistics, masking, fitness and the
+    block-wise methods: the decoder blocks, their module-name prefix and each block's Linear layers (each
+    on its own device under a device map)."""
+
+    blocks: nn.ModuleList
+    prefix: str  # e.g. "model.layers"
+    block_linears: tuple[dict[str, nn.Linear], ...]  # per block: name inside the block -> Linear
+
+    def name(self, index: int, local: str) -> str:
+        """The full module name of Linear ``local`` of block ``index``."""
+        return f"{self.prefix}.{index}.{local}"
+
+    @cached_property
+    def linears(self) -> dict[str, nn.Linear]:
+        """Every prunable Linear by its full module name (blocks only: no lm_head)."""
+        return {self.name(i, local): linear for i, block in enumerate(self.block_linears)
+                for local, linear in block.items()}
+
+
+_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, ModelLayout]" = weakref.WeakKeyDictionary()
+
+
+def layout(model: nn.Module) -> ModelLayout:
+    """The model's ``ModelLayout``, found on first use (a scan of every module) and kept while the model lives."""
+    found = _LAYOUTS.get(model)
+    if found is None:
+        blocks = _longest_block_list(model)
+        prefix = next(name for name, m in model.named_modules() if m is blocks)
+        found = _LAYOUTS[model] = ModelLayout(blocks, prefix, tuple(block_linears(block) for block in blocks))
+    return found
+
+
+def _longest_block_list(model: nn.Module) -> nn.ModuleList:
     best = None
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
@@ -139,6 +175,11 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return best
 
 
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks: the longest ModuleList whose items hold Linear layers."""
+    return layout(model).blocks
+
+
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     """Prunable Linear layers of one block, by their name inside the block."""
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
@@ -146,13 +187,7 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every prunable Linear of the model by its full module name (blocks only: no lm_head)."""
-    blocks = decoder_blocks(model)
-    prefix = next(name for name, m in model.named_modules() if m is blocks)
-    return {
-        f"{prefix}.{i}.{name}": linear
-        for i, block in enumerate(blocks)
-        for name, linear in block_linears(block).items()
-    }
+    return layout(model).linears
 
 
 def model_fingerprint(model: nn.Module) -> str:

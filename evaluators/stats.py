@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .devices import input_device, model_dtype, statistic_dtype
-from .models import block_linears, cache_dir, decoder_blocks, model_fingerprint, prunable_linears
+from .models import block_linears, cache_dir, layout, model_fingerprint, prunable_linears
 
 Statistics = dict[str, dict[str, torch.Tensor]]  # layer name -> {"X": ..., "G": ...}
 
@@ -54,7 +54,7 @@ class BlockInputs:
             self.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
             raise self._Stop
 
-        handle = decoder_blocks(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+        handle = layout(model).blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.no_grad():
                 for batch in windows.split(batch_size):
@@ -115,14 +115,13 @@ def norms_from_sums(sums: dict[str, torch.Tensor], n_windows: int) -> dict[str, 
 
 def activation_norms(model, windows: torch.Tensor, batch_size: int = 8, progress: bool = True):
     """``X`` for every prunable Linear, streaming the dense model one block at a time."""
-    blocks = decoder_blocks(model)
-    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    parts = layout(model)
     inputs = BlockInputs(model, windows, batch_size)
     result = {}
-    for i, block in enumerate(tqdm(blocks, desc="activation norms", disable=not progress)):
-        with activation_norm_hooks(block_linears(block)) as sums:
+    for i, block in enumerate(tqdm(parts.blocks, desc="activation norms", disable=not progress)):
+        with activation_norm_hooks(parts.block_linears[i]) as sums:
             inputs.forward(block)
-        result.update({f"{prefix}.{i}.{n}": x for n, x in norms_from_sums(sums, len(windows)).items()})
+        result.update({parts.name(i, n): x for n, x in norms_from_sums(sums, len(windows)).items()})
     return result
 
 
@@ -290,14 +289,13 @@ def regional_gradients(block, inputs: BlockInputs) -> tuple[dict[str, dict[str, 
 def regional_gradient_norms(model, windows: torch.Tensor, batch_size: int = 2,
                             progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """``{"l1": {layer: R}, "l2": {layer: R}}`` for every prunable Linear of the dense model, one block at a time."""
-    blocks = decoder_blocks(model)
-    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    parts = layout(model)
     inputs = BlockInputs(model, windows, batch_size)
     result: dict[str, dict[str, torch.Tensor]] = {"l1": {}, "l2": {}}
-    for i, block in enumerate(tqdm(blocks, desc="regional gradients", disable=not progress)):
+    for i, block in enumerate(tqdm(parts.blocks, desc="regional gradients", disable=not progress)):
         norms, outputs = regional_gradients(block, inputs)
         inputs.hidden = outputs  # the dense block's outputs are the next block's inputs
         for local, d in norms.items():
             for kind in result:
-                result[kind][f"{prefix}.{i}.{local}"] = d[kind]
+                result[kind][parts.name(i, local)] = d[kind]
     return result

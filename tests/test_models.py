@@ -53,3 +53,16 @@ def test_fingerprint_changes_when_weights_change(tiny_model):
     assert before == model_fingerprint(tiny_model)
     next(iter(prunable_linears(tiny_model).values())).weight.data[0, 0] += 1.0
     assert model_fingerprint(tiny_model) != before
+
+
+def test_layout_is_found_once_per_model_and_names_every_linear(tiny_model):
+    import copy
+
+    from evaluators import layout
+
+    parts = layout(tiny_model)
+    assert layout(tiny_model) is parts and parts.prefix == "model.layers" and len(parts.blocks) == 2
+    assert list(parts.linears) == [f"model.layers.{i}.{n}" for i, block in enumerate(parts.block_linears) for n in block]
+    assert parts.linears["model.layers.1.mlp.down_proj"] is tiny_model.model.layers[1].mlp.down_proj
+    twin = copy.deepcopy(tiny_model)  # another model: its own layout, pointing at its own modules
+    assert layout(twin) is not parts and layout(twin).blocks is twin.model.layers
