@@ -28,7 +28,7 @@ from evaluators import (BESA, GBLM, Calibration, Magnitude, PrunerZero, ScoreFun
 from evaluators.apply import checked_scores
 from evaluators.masks import make_mask
 from evaluators.methods import BASELINES
-from evaluators.blockwise import BlockwisePruner
+from evaluators.pruners import BlockwisePruner
 
 METHODS = {"magnitude": Magnitude(), "wanda": Wanda(), "gblm (l1)": GBLM(grad_norm="l1"),
            "gblm (l2)": GBLM(grad_norm="l2"), "pruner-zero": PrunerZero(),

@@ -1,9 +1,9 @@
-"""Applying a pruner's scores to every prunable Linear, one-shot or sequentially.
+"""Applying a pruner's scores to every prunable Linear one-shot: statistics come from the dense model
+(cached), every layer is scored and masked at once.
 
-* **one-shot**: statistics come from the dense model (cached), every layer is scored and masked at once.
-* **sequential** (Wanda's protocol): blocks are pruned in order; each block's ``X`` is measured on the
-  inputs produced by the already-pruned blocks before it, and the pruned block's outputs feed the next.
-  ``G`` always comes from the dense model (as in GBLM-Pruner), since a backward per block is not local.
+Sequential pruning (Wanda's protocol: blocks in order, each block's ``X`` measured on the outputs of the
+already-pruned blocks; ``G`` from the dense model, as in GBLM-Pruner, since a backward per block is not
+local) goes through the one block-wise driver, ``blockwise.prune_blockwise``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .masks import Structure, make_mask, resolve_sparsity
 from .models import layout
-from .stats import BlockInputs, activation_norm_hooks, compute_statistics, norms_from_sums
+from .stats import compute_statistics
 
 
 class ScoreError(ValueError):
@@ -68,51 +68,30 @@ def _mask_layer(pruner, name, linear, stats, sparsity, structure) -> float:
 
 
 def prune_model(model, pruner, calibration: Calibration | None, sparsity: float, structure: Structure,
-                sequential: bool = False, progress: bool = True) -> PruneReport:
-    """Zero the lowest-scoring weights of every prunable Linear in place and report what was done."""
+                progress: bool = True) -> PruneReport:
+    """One-shot: score every prunable Linear from the dense model's statistics, zero the lowest scores in
+    place and report what was done (sequential pruning goes through ``blockwise.prune_blockwise``)."""
     sparsity, structure = resolve_sparsity(sparsity if structure.unstructured else None, structure)  # N:M decides
     needs = tuple(pruner.needs)
     if needs and calibration is None:
         raise ValueError(f"{pruner.name} needs calibration statistics {needs}")
     t0 = time.perf_counter()
-    stat_needs = tuple(k for k in needs if not (sequential and k == "X"))
     stats, info = ({}, {})
-    if stat_needs:
-        stats, info = compute_statistics(model, calibration.windows, calibration.spec, stat_needs,
+    if needs:
+        stats, info = compute_statistics(model, calibration.windows, calibration.spec, needs,
                                          getattr(pruner, "grad_norm", "l2"), calibration.use_cache, progress)
     t_stats = time.perf_counter() - t0
     parts = layout(model)
     layer_sparsity: dict[str, float] = {}
-    t_score = 0.0
-    inputs = BlockInputs(model, calibration.windows) if sequential and calibration is not None else None
     for i, block in enumerate(tqdm(parts.blocks, desc=f"pruning ({pruner.name})", disable=not progress)):
-        linears = parts.block_linears[i]
-        if inputs is not None:
-            s0 = time.perf_counter()
-            with activation_norm_hooks(linears) as sums:
-                inputs.forward(block, keep=False)
-            x_now = norms_from_sums(sums, len(calibration.windows))
-            t_stats += time.perf_counter() - s0
-        s1 = time.perf_counter()
-        for local, linear in linears.items():
+        for local, linear in parts.block_linears[i].items():
             name = parts.name(i, local)
-            layer_stats = dict(stats.get(name, {}))
-            if inputs is not None and "X" in needs:
-                layer_stats["X"] = x_now[local]
-            layer_sparsity[name] = _mask_layer(pruner, name, linear, layer_stats, sparsity, structure)
-        t_score += time.perf_counter() - s1
-        if inputs is not None:
-            s2 = time.perf_counter()
-            inputs.forward(block)
-            t_stats += time.perf_counter() - s2
+            layer_sparsity[name] = _mask_layer(pruner, name, linear, stats.get(name, {}), sparsity, structure)
     sizes = {name: linear.weight.numel() for name, linear in parts.linears.items()}
     zeros = sum(layer_sparsity[name] * size for name, size in sizes.items())
-    if sequential:
-        info = {**info, "X": "sequential (pruned-model inputs)"}
     return PruneReport(
-        method=pruner.name, sparsity=sparsity, structure=str(structure), sequential=sequential,
+        method=pruner.name, sparsity=sparsity, structure=str(structure), sequential=False,
         layer_sparsity=layer_sparsity, overall_sparsity=zeros / sum(sizes.values()),
         statistics={**info, "needs": list(needs)},
-        seconds={"statistics": t_stats, "scoring_and_masking": t_score},
+        seconds={"statistics": t_stats, "scoring_and_masking": time.perf_counter() - t0 - t_stats},
     )
-

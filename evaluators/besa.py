@@ -27,8 +27,8 @@ from torch.func import functional_call
 
 from .apply import checked_scores
 from .masks import MaskError, Structure
-from .pruners import Pruner, Wanda
-from .blockwise import BlockStep, RankedBlockwisePruner
+from .blockwise import BlockStep
+from .pruners import Pruner, RankedBlockwisePruner, Wanda
 from .stats import output_tensor
 
 

@@ -1,7 +1,7 @@
 """The block-by-block driver: for methods that need a decoder block's own, current inputs.
 
-``prune_blockwise`` serves Wanda++'s regional optimisation, SparseGPT, BESA and any score pruner run
-block-sequentially (``SequentialScore``): it captures the inputs of block 0, and for each block measures what
+``prune_blockwise`` serves Wanda++'s regional optimisation, SparseGPT, BESA and every score pruner run
+sequentially (``pruners.SequentialScore``, what ``Pruner.prune(sequential=True)`` runs): it captures the inputs of block 0, and for each block measures what
 the method needs on the *current* inputs (outputs of the already-pruned blocks) with the dense block, lets the
 method prune the block, then pushes the inputs through the pruned block.
 """
@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from .apply import Calibration, PruneReport, checked_scores
 from .masks import Structure, make_mask, resolve_sparsity
 from .models import layout
-from .pruners import Pruner
 from .stats import (BlockInputs, activation_norm_hooks, compute_statistics, linear_hooks, norms_from_sums,
                     output_tensor, regional_gradients)
 
@@ -134,25 +133,8 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
                        statistics=statistics, seconds=seconds)
 
 
-class BlockwisePruner(Pruner):
-    """A pruner whose ``prune`` goes block by block through ``prune_blockwise``.
-
-    These methods are block-sequential by construction (their papers' protocol): ``prune`` accepts
-    ``sequential`` for interface compatibility and always reports ``sequential=True``.
-    """
-
-    batch_size: int = 2
-
-    def prune_block(self, step: BlockStep) -> None:
-        raise NotImplementedError
-
-    def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
-              structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
-        return prune_blockwise(model, self, calibration, sparsity, structure, progress)
-
-
-def mask_block(step: BlockStep, pruner: Pruner, weights: dict[str, torch.Tensor] | None = None) -> dict:
-    """Score every Linear of the block with ``pruner`` and zero its mask; returns the masks.
+def mask_block(step: BlockStep, pruner, weights: dict[str, torch.Tensor] | None = None) -> dict:
+    """Score every Linear of the block with ``pruner`` (any ``Pruner``) and zero its mask; returns the masks.
 
     ``weights`` (default: the current ones) are what is scored and masked into the Linear.
     """
@@ -164,30 +146,3 @@ def mask_block(step: BlockStep, pruner: Pruner, weights: dict[str, torch.Tensor]
                                  step.sparsity, step.structure)
             linear.weight.data.copy_(w.masked_fill(masks[n], 0))
     return masks
-
-
-class RankedBlockwisePruner(BlockwisePruner):
-    """A block-wise step on top of another pruner's within-row ranking (any score, a discovered metric
-    included): it needs what the ranking needs plus the dense block outputs ``Y``, and scores with it."""
-
-    def __init__(self, ranking: Pruner):
-        self.ranking = ranking
-        self.grad_norm = getattr(ranking, "grad_norm", "l2")
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(self.ranking.needs) + ("Y",)
-
-    def score(self, W, stats):
-        return self.ranking.score(W, stats)
-
-
-class SequentialScore(BlockwisePruner):
-    """Any score pruner run block-sequentially with ``X`` and ``R`` measured on the current inputs."""
-
-    def __init__(self, pruner: Pruner, batch_size: int = 4):
-        self.pruner, self.name, self.needs = pruner, pruner.name, tuple(pruner.needs)
-        self.grad_norm, self.batch_size = getattr(pruner, "grad_norm", "l2"), batch_size
-
-    def prune_block(self, step):
-        mask_block(step, self.pruner)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from .apply import Calibration, PruneReport, prune_model
+from .blockwise import BlockStep, mask_block, prune_blockwise
 from .masks import Structure
 
 
@@ -25,13 +26,20 @@ class Pruner:
     name: str = "pruner"
     needs: tuple[str, ...] = ()
     grad_norm: str = "l2"
+    sequential_batch = 8  # calibration windows per forward when it runs block-sequentially
 
     def score(self, W: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
     def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
               structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
-        return prune_model(model, self, calibration, sparsity, structure, sequential, progress)
+        """Zero the lowest-scoring weights of every prunable Linear. One-shot: statistics of the dense model.
+        ``sequential`` (Wanda's protocol, needs ``calibration``): block by block through the one block-wise
+        driver, ``X`` measured on the outputs of the already-pruned blocks."""
+        if sequential and calibration is not None:
+            return prune_blockwise(model, SequentialScore(self, self.sequential_batch), calibration, sparsity,
+                                   structure, progress)
+        return prune_model(model, self, calibration, sparsity, structure, progress)
 
     def describe(self) -> dict:
         return {"name": self.name, "needs": list(self.needs)}
@@ -103,3 +111,47 @@ class ScoreFunction(Pruner):
 
     def score(self, W, stats):
         return self.fn(W, stats)
+
+
+class BlockwisePruner(Pruner):
+    """A pruner whose ``prune`` goes block by block through ``prune_blockwise``.
+
+    These methods are block-sequential by construction (their papers' protocol): ``prune`` accepts
+    ``sequential`` for interface compatibility and always reports ``sequential=True``.
+    """
+
+    batch_size: int = 2
+
+    def prune_block(self, step: BlockStep) -> None:
+        raise NotImplementedError
+
+    def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
+              structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
+        return prune_blockwise(model, self, calibration, sparsity, structure, progress)
+
+
+class RankedBlockwisePruner(BlockwisePruner):
+    """A block-wise step on top of another pruner's within-row ranking (any score, a discovered metric
+    included): it needs what the ranking needs plus the dense block outputs ``Y``, and scores with it."""
+
+    def __init__(self, ranking: Pruner):
+        self.ranking = ranking
+        self.grad_norm = getattr(ranking, "grad_norm", "l2")
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(self.ranking.needs) + ("Y",)
+
+    def score(self, W, stats):
+        return self.ranking.score(W, stats)
+
+
+class SequentialScore(BlockwisePruner):
+    """Any score pruner run block-sequentially, ``X`` and ``R`` measured on the current inputs."""
+
+    def __init__(self, pruner: Pruner, batch_size: int = 4):
+        self.pruner, self.name, self.needs = pruner, pruner.name, tuple(pruner.needs)
+        self.grad_norm, self.batch_size = getattr(pruner, "grad_norm", "l2"), batch_size
+
+    def prune_block(self, step):
+        mask_block(step, self.pruner)

@@ -21,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .apply import PruneReport, prune_model
-from .blockwise import (RankedBlockwisePruner, SequentialScore, block_outputs, mask_block,
-                        prune_blockwise)
-from .masks import Structure
+from .blockwise import block_outputs, mask_block
 from .models import block_linears
-from .pruners import Pruner
+from .pruners import Pruner, RankedBlockwisePruner
 from .stats import BlockInputs, output_tensor
 
 
@@ -42,15 +39,10 @@ class RGS(Pruner):
     grad_norm: str = "l2"
     name: str = "rgs"
     needs: tuple[str, ...] = ("X", "R")
+    sequential_batch = 4  # windows per backward of the regional gradients (memory), as Wanda++ runs it
 
     def score(self, W, stats):
         return (self.alpha * stats["R"] + stats["X"]) * W.abs()
-
-    def prune(self, model, calibration=None, sparsity=0.5, structure=Structure(), sequential=False,
-              progress=True) -> PruneReport:
-        if sequential:
-            return prune_blockwise(model, SequentialScore(self), calibration, sparsity, structure, progress)
-        return prune_model(model, self, calibration, sparsity, structure, False, progress)
 
     def describe(self):
         return {**super().describe(), "alpha": self.alpha, "grad_norm": self.grad_norm}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from .masks import Structure
-from .blockwise import BlockStep, BlockwisePruner
+from .blockwise import BlockStep
+from .pruners import BlockwisePruner
 
 
 def _lowest_count(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,7 +6,8 @@ import torch
 from evaluators import (RGS, Calibration, RegionalOptimised, Wanda, compute_statistics, get_pruner,
                         parse_structure, prunable_linears)
 from evaluators.models import block_linears
-from evaluators.blockwise import BlockwisePruner, block_outputs, mask_block
+from evaluators.blockwise import block_outputs, mask_block
+from evaluators.pruners import BlockwisePruner
 from evaluators.regional import reconstruction_error, regional_optimisation
 from evaluators.stats import BlockInputs, activation_norms, regional_gradient_norms, regional_gradients
 
