@@ -41,6 +41,7 @@ def _local_wikitext(split: str, data_dir: str | os.PathLike | None) -> Path | No
 
 def _hub_rows(path: str, name: str | None, split: str, **kwargs) -> list[str]:
     try:
+        # deferred: datasets (the hub fallback only) takes seconds to import
         from datasets import load_dataset
 
         return list(load_dataset(path, name, split=split, **kwargs)["text"])

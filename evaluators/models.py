@@ -56,6 +56,7 @@ def embedded_gguf_path() -> Path:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
+    # deferred: transformers takes seconds to import, and only loading needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -108,6 +109,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype | None =
     """Load ``(model, tokenizer)`` for a spec, in eval mode, on ``device`` in ``dtype`` (see ``devices.py``:
     ``auto`` spreads the model over the visible GPUs with accelerate; ``dtype`` ``None`` is the device's
     default). Device and dtype are checked before anything is read."""
+    # deferred: transformers takes seconds to import, and only loading needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)

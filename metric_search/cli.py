@@ -19,6 +19,7 @@ class UsageError(Exception):
 
 
 def _sparsity_and_structure(sparsity: float | None, structure: str | None):
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators.masks import resolve_sparsity
 
     return resolve_sparsity(sparsity, structure)
@@ -43,6 +44,7 @@ def _add_device_flags(p) -> None:
 
 def _placement(args) -> tuple:
     """``--device``/``--dtype`` checked before anything is loaded (a missing GPU is a user error)."""
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators.devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -51,8 +53,10 @@ def _placement(args) -> tuple:
 
 def build_pruner(args):
     """The pruner named by ``--method`` (or any metric reference given to ``--metric``) with its options."""
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import get_pruner
 
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .results.metrics import load_metric
 
     # --score takes any metric reference (baseline, runs/<id>:best, exported file, expression)
@@ -63,6 +67,7 @@ def build_pruner(args):
 
 
 def cmd_prune(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
     from evaluators.devices import dtype_name
     from evaluators.methods import BASELINES
@@ -98,6 +103,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import evaluation_windows, load_model, perplexity
 
     if args.seqlen < 2 or (args.max_windows is not None and args.max_windows < 1):
@@ -111,6 +117,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_search(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .config import load_config
     from .search import MetricSearch
 
@@ -121,6 +128,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .search import MetricSearch
 
     search = MetricSearch.resume(args.run_dir, args.overrides)
@@ -129,6 +137,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_export(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .results.export import export_run
 
     results = export_run(args.run_dir, args.index, args.format, args.output)
@@ -143,6 +152,7 @@ def cmd_export(args) -> int:
 
 def cmd_analyze(args) -> int:
     if args.compare:
+        # deferred: torch loads only for the commands that need it (`--help` stays fast)
         from .results.compare import compare_runs
 
         result = compare_runs(args.run_dirs, args.output, args.top, plots=not args.no_plots,
@@ -150,12 +160,14 @@ def cmd_analyze(args) -> int:
         print("\n".join(f"- {s}" for s in result["sentences"]))
         print(f"report: {result['files'][0]}")
         return 0
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .results.analysis import analyze_run
 
     if len(args.run_dirs) != 1:
         raise UsageError("analyze takes one run directory (add --compare to compare several)")
     reevaluation = None
     if args.reevaluate:
+        # deferred: torch loads only for the commands that need it (`--help` stays fast)
         from .results.reevaluate import reevaluate
 
         if args.sparsity is not None or args.structure:
@@ -175,6 +187,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_ops(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from primitives import operator_table
 
     print(operator_table())
@@ -182,6 +195,7 @@ def cmd_ops(args) -> int:
 
 
 def cmd_simplify(args) -> int:
+    # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from primitives import simplify_report
 
     print(simplify_report(args.expression))
@@ -280,15 +294,15 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
+    # deferred: the error types live beside torch; importing them after parsing keeps `--help` fast
     from evaluators import DataError, MaskError, ModelError
     from evaluators.devices import DeviceError
     from primitives import ExpressionError
-
     from .config import ConfigError
     from .results.metrics import MetricError
     from .store import RunError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError, ExpressionError,

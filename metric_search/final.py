@@ -11,6 +11,8 @@ from evaluators import evaluation_windows
 from evaluators.checkpoint import write_json_atomic
 from primitives import compile_tree, parse
 
+from .worker import evaluator_for
+
 
 def test_window_nlls(evaluator, cfg, score_fns: dict) -> tuple[dict, object]:
     """Per-window NLL (a tensor) of the model pruned by each of ``score_fns`` on ``cfg``'s WikiText-2 test
@@ -36,8 +38,6 @@ def test_perplexities(search, rows: list[dict]) -> dict[str, float]:
     cfg = search.config
     if not rows or cfg.test_top_k == 0 or cfg.test_windows == 0:
         return {}
-    from .worker import evaluator_for
-
     fns = {row["expression"]: compile_tree(parse(row["expression"], search.pset)) for row in rows}
     nlls, spec = test_window_nlls(evaluator_for(search.spec), cfg, fns)
     results = {name: round(math.exp(nll.mean().item()), 4) for name, nll in nlls.items()}

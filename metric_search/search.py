@@ -31,6 +31,7 @@ from primitives import parse, rank_key, simplify_tree, to_string
 
 from .config import RIVAL_KEYS, ConfigError, SearchConfig, load_config
 from .evaluation import CandidatePool, fitness_of, member_fitness
+from .final import test_perplexities
 from .store import HALL_OF_FAME, LOGBOOK, RunStore
 from .toolbox import KNOWN_METRICS, build_toolbox, individual
 from .worker import evaluator_for, problem
@@ -303,8 +304,6 @@ class MetricSearch:
         self.store.write_table(HALL_OF_FAME, rows, HOF_COLUMNS)
 
     def _finish(self) -> None:
-        from .final import test_perplexities
-
         tests = test_perplexities(self, self._hall_of_fame(list(self.pool.by_key.values()))[: self.config.test_top_k])
         self._write_hall_of_fame(tests)
         self._collect()

@@ -11,6 +11,10 @@ import hashlib
 import json
 import os
 
+from evaluators import calibration_windows, compute_statistics, fitness_windows, load_model, parse_structure
+from evaluators.fitness import FitnessEvaluator, FitnessResult
+from primitives import compile_tree, parse
+
 from .config import PROBLEM_KEYS
 
 _EVALUATORS: dict[str, object] = {}
@@ -22,10 +26,6 @@ def problem(config: dict) -> dict:
 
 def load_problem(spec: dict, progress: bool = False):
     """Model, calibration statistics and fitness windows for a problem (the expensive part)."""
-    from evaluators import (calibration_windows, compute_statistics, fitness_windows,
-                            load_model, parse_structure)
-    from evaluators.fitness import FitnessEvaluator
-
     model, tokenizer = load_model(spec["model"], spec["device"], spec["dtype"] or None)
     data_dir = spec["data_dir"] or None
     cal, cal_spec = calibration_windows(tokenizer, spec["data"], spec["nsamples"], spec["calib_seqlen"],
@@ -60,9 +60,6 @@ def register_evaluator(spec: dict, evaluator) -> None:
 def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict], request=None) -> dict:
     """Fitness of one expression under an ``EvaluationRequest``, as a plain dict (what crosses process
     boundaries)."""
-    from evaluators.fitness import FitnessResult
-    from primitives import compile_tree, parse
-
     evaluator = evaluator_for(spec)
     try:
         fn = compile_tree(parse(expression))

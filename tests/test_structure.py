@@ -86,3 +86,23 @@ def test_the_search_loop_never_imports_the_run_tools():
     for name in loop:
         tools = {t for t in imports_of(name, modules()[name]) if t.startswith("metric_search.results")}
         assert not tools, f"{name} imports {tools}: the loop must run without the tools that read runs"
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function is an optional dependency or a heavy one deferred on purpose, and says so
+    in a comment on its line or on the line above its group of imports."""
+    silent = []
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    row = node.lineno - 1
+                    while row > 0 and lines[row - 1].strip().startswith(("from ", "import ")):
+                        row -= 1  # the first import of a contiguous group
+                    said = "#" in lines[node.lineno - 1] or lines[row - 1].strip().startswith("#")
+                    if not said:
+                        silent.append(f"{name}:{node.lineno}")
+    assert not silent, f"function-level imports without a comment saying why: {silent}"

@@ -30,14 +30,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from deap import gp
 from scipy import stats as st
 
+from primitives import LEAVES, OPERATORS, ExpressionError, leaves_used, parse, rank_key
+
+from ..store import CONFIG, EVALUATIONS, LOGBOOK, RunStore
+from ..toolbox import KNOWN_METRICS
 from .markdown import GROUPS, gx_group
 from .metrics import MetricError, hall_of_fame
 from .principles import principles
 from .reevaluate import reevaluation_sentence
 from .report import write_run_report
-from ..store import CONFIG, EVALUATIONS, LOGBOOK, RunStore
 
 PARTIAL = ("raced", "halved")  # stopped early, with a perplexity estimated on fewer windows
 
@@ -58,10 +62,6 @@ def load_candidates(run_dir: str | Path, partial: bool = True) -> dict:
     Raises:
         MetricError: If ``run_dir`` has no ``evaluations.jsonl``.
     """
-    from deap import gp
-
-    from primitives import ExpressionError, leaves_used, parse
-
     path = Path(run_dir)
     if not (path / EVALUATIONS).is_file():
         raise MetricError(f"{path} has no {EVALUATIONS} to analyse" if path.is_dir() else f"no run directory {path}")
@@ -106,8 +106,6 @@ def load_candidates(run_dir: str | Path, partial: bool = True) -> dict:
 
 def feature_columns(valid: list[dict]) -> dict[str, np.ndarray]:
     """Feature name → values over ``valid``: size, height, ``leaf W`` …, ``op mul`` …, X/G use groups."""
-    from primitives import LEAVES, OPERATORS
-
     cols = {"size": np.array([c["size"] for c in valid], float),
             "height": np.array([c["height"] for c in valid], float)}
     for leaf in LEAVES:
@@ -232,10 +230,6 @@ def gx_groups(valid: list[dict]) -> dict:
 
 def baselines(valid: list[dict]) -> list[dict]:
     """Known metrics (wanda, magnitude, …) found among the candidates by rank key, with their rank."""
-    from primitives import rank_key
-
-    from ..toolbox import KNOWN_METRICS
-
     ranked = sorted(valid, key=lambda c: c["fitness"])
     out = []
     for name, expression in KNOWN_METRICS.items():

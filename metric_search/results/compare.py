@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as st
 
-from .analysis import load_candidates
 from ..config import COMPARED_KEYS
+from ..store import write_text_atomic
+from .analysis import load_candidates
 from .markdown import p_text, table
 from .metrics import MetricError
-from .report import perplexity_axis, save_figure
-from ..store import write_text_atomic
+from .report import perplexity_axis, pyplot, save_figure
 
 
 def _best_by_key(data: dict) -> dict[str, dict]:
@@ -102,8 +102,6 @@ def _sentences(pair: dict, diffs: dict) -> list[str]:
 
 
 def _plot_pair(pair: dict, path: Path) -> Path:
-    from .report import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     xs = [s["fitness_a"] for s in pair["shared"]]

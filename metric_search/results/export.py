@@ -22,8 +22,15 @@ import json
 import time
 from pathlib import Path
 
-from .metrics import MetricError, hall_of_fame, parse_index, run_metric
+import sympy as sp
+
+from primitives import (LEAVES, OPERATORS, ExpressionError, canonical_key, leaf_symbol, leaves_used, parse, rank_key,
+                        to_infix, to_latex, to_node, to_pz_json, to_string, to_sympy, tree_height, tree_size)
+from primitives import ops_sympy as S
+from primitives import ops_torch as T
+
 from ..store import write_text_atomic
+from .metrics import MetricError, hall_of_fame, parse_index, run_metric
 
 FORMATS = ("json", "py", "sympy", "latex", "pz-json")
 
@@ -49,9 +56,6 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def _helpers(op_names: list[str]) -> tuple[dict[str, float], list[str], list[str]]:
     """Constants, function sources and module imports of ``primitives.ops_torch`` that the operators need
     (transitively)."""
-    from primitives import OPERATORS
-    from primitives import ops_torch as T
-
     namespace = vars(T)
     constants: dict[str, float] = {}
     functions: dict[str, object] = {}
@@ -88,8 +92,6 @@ def _helpers(op_names: list[str]) -> tuple[dict[str, float], list[str], list[str
 
 def _statements(tree) -> tuple[list[str], str, list[str]]:
     """SSA statements computing the tree, the name of the result, and the operators used (in order)."""
-    from primitives import OPERATORS, to_node
-
     lines: list[str] = []
     used: list[str] = []
 
@@ -144,8 +146,6 @@ def standalone_source(tree, info: dict | None = None) -> str:
     Raises:
         MetricError: If the tree uses a user-registered (non built-in) operator.
     """
-    from primitives import LEAVES, canonical_key, leaves_used, parse, to_infix, to_string
-
     tree = parse(tree) if isinstance(tree, str) else tree
     lines, result, ops = _statements(tree)
     constants, sources, imports = _helpers(ops)
@@ -187,27 +187,18 @@ def standalone_source(tree, info: dict | None = None) -> str:
 # ------------------------------------------------------------------------- the other formats
 def sympy_locals() -> dict:
     """Names needed to read an exported SymPy string back (leaf symbols with their assumptions, whole-matrix ops)."""
-    from primitives import LEAVES, leaf_symbol
-    from primitives import ops_sympy as S
-
     return {**{name: leaf_symbol(name) for name in LEAVES},
             "mms": S.mms, "zsn": S.zsn, "normalize": S.normalize, "fro": S.fro}
 
 
 def read_sympy(text: str):
     """Parse the expression line of a ``.sympy.txt`` export (``#`` lines are comments) to SymPy."""
-    import sympy as sp
-
     line = next(ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
     return sp.sympify(line.strip(), locals=sympy_locals())
 
 
 def _texts(tree, stem: str, info: dict) -> dict[str, tuple[str, str]]:
     """{format: (file name, text)} for the non-JSON formats."""
-    import sympy as sp
-
-    from primitives import ExpressionError, to_latex, to_pz_json, to_string, to_sympy
-
     expr = to_sympy(tree)
     label = to_string(tree) + (f" (run {info['run_id']}, rank {info['rank']})" if info.get("run_id") else "")
     out = {
@@ -225,11 +216,6 @@ def _texts(tree, stem: str, info: dict) -> dict[str, tuple[str, str]]:
 
 def metric_record(tree, entry: dict | None = None) -> dict:
     """Our JSON for a tree, with the provenance of a :func:`metric_search.metrics.run_metric` entry."""
-    import sympy as sp
-
-    from primitives import (canonical_key, leaves_used, rank_key, to_infix, to_latex, to_string, to_sympy,
-                            tree_height, tree_size)
-
     entry = entry or {}
     used = leaves_used(tree)
     return {
@@ -250,8 +236,6 @@ def export_metric(tree, out_dir: str | Path, stem: str, formats=FORMATS, entry: 
     Returns:
         ``{"files": {format: Path}, "skipped": {format: reason}}``.
     """
-    from primitives import parse
-
     tree = parse(tree) if isinstance(tree, str) else tree
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +281,6 @@ def export_run(run_dir: str | Path, index: str | int = "best", formats=FORMATS,
     Raises:
         MetricError: Bad run directory, index or format.
     """
-    from primitives import ExpressionError, parse
-
     formats = parse_formats(formats)
     run_dir = Path(run_dir)
     text = str(index).strip().lower()

@@ -18,6 +18,10 @@ import math
 import re
 from pathlib import Path
 
+from evaluators import Pruner, SymbolicPruner, get_pruner
+from evaluators.methods import BASELINES
+from primitives import ExpressionError, from_pz_json, parse
+
 from ..store import CONFIG, EVALUATIONS, HALL_OF_FAME, RunStore
 
 #: The index of a run reference: ``best`` or a 1-based hall-of-fame rank.
@@ -143,8 +147,6 @@ def _read_json(path: Path) -> dict | None:
 
 def _from_file(path: Path) -> tuple[object, dict]:
     """(tree or expression, provenance) from an exported JSON, a Pruner-Zero JSON or a native tree JSON."""
-    from primitives import ExpressionError, from_pz_json
-
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
@@ -171,9 +173,6 @@ def resolve(ref: str) -> tuple[str, object, dict]:
     Raises:
         MetricError: On anything that is not a baseline, run, file or valid expression.
     """
-    from evaluators.methods import BASELINES
-    from primitives import ExpressionError, parse
-
     text = str(ref).strip()
     if not text:
         raise MetricError("empty metric reference")
@@ -223,8 +222,6 @@ def load_metric(ref, grad_norm: str | None = None, **options):
     Raises:
         MetricError: One line naming the reference and what is wrong with it.
     """
-    from evaluators import Pruner, SymbolicPruner, get_pruner
-
     if isinstance(ref, Pruner):
         return ref
     if isinstance(ref, (str, Path)):

@@ -14,8 +14,12 @@ from pathlib import Path
 
 from scipy import stats as st
 
+from evaluators import (Calibration, SymbolicPruner, calibration_windows, evaluation_windows, load_model,
+                        parse_structure, perplexity, prunable_linears)
+from evaluators.masks import resolve_sparsity
+
 from .markdown import p_text, table
-from .metrics import MetricError, hall_of_fame
+from .metrics import MetricError, hall_of_fame, run_metric
 
 
 def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, sparsity: float | None = None,
@@ -43,11 +47,6 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     Raises:
         MetricError: A run without config or hall of fame.
     """
-    from evaluators import (Calibration, SymbolicPruner, calibration_windows, evaluation_windows, load_model,
-                            parse_structure, perplexity, prunable_linears)
-
-    from .metrics import run_metric
-
     rows = hall_of_fame(run_dir)[:top]
     if not rows:
         raise MetricError(f"{run_dir} has an empty hall of fame: nothing to re-evaluate")
@@ -55,9 +54,8 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     if not config:
         raise MetricError(f"{run_dir} has no config.json: the model and data are unknown")
     t0 = time.perf_counter()
-    run_structure = config.get("structure", "unstructured")
-    parsed = parse_structure(None if (structure or run_structure) == "unstructured" else (structure or run_structure))
-    target = parsed.sparsity if not parsed.unstructured else (sparsity or config.get("sparsity", 0.5))
+    parsed = parse_structure(structure or config.get("structure"))  # an N:M structure fixes the sparsity
+    target, parsed = resolve_sparsity(sparsity or config.get("sparsity", 0.5) if parsed.unstructured else None, parsed)
     data_dir = config.get("data_dir") or None
     model, tokenizer = load_model(config["model"], device, dtype)
     # the dense weights wait on the host: a second copy on the GPU would double a 7B model's memory

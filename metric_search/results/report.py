@@ -19,9 +19,11 @@ def _code(rows: list[dict], key: str = "expression") -> list[dict]:
 # --------------------------------------------------------------------------------------------- plots
 def pyplot():
     """matplotlib's pyplot on the Agg backend, imported when a plot is first drawn (the ``plot`` extra)."""
+    # optional dependency (the plot extra), imported when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (headless servers, tests)
+    # optional dependency (the plot extra), imported when a plot is drawn
     import matplotlib.pyplot as plt
     return plt
 
@@ -100,6 +102,7 @@ def plot_correlations(s: dict, path: Path) -> Path:
 
 def plot_attribution(s: dict, path: Path) -> Path:
     plt = pyplot()
+    # optional dependency (the plot extra), imported when a plot is drawn
     from matplotlib.colors import to_rgba
     rows = sorted((r for r in s["attribution"] if r["ratio"] == r["ratio"]), key=lambda r: r["ratio"])
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * max(1, len(rows))))
