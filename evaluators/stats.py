@@ -178,15 +178,16 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict) -> None
 
 def _cached(kind: str, model, windows, spec: dict, compute, use_cache: bool):
     """Load ``kind`` statistics from the cache, or compute and store them."""
+    if not use_cache:  # no key needed: fingerprinting a 7B model's weights is not free
+        return compute(), False
     key_doc = {"kind": kind, "model": model_fingerprint(model), "text": spec,
                "windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / "stats" / f"{kind}-{key}.safetensors"
-    if use_cache and path.is_file():
+    if path.is_file():
         return load_file(path), True
     tensors = compute()
-    if use_cache:
-        _atomic_save(tensors, path, {"key": json.dumps(key_doc, sort_keys=True)})
+    _atomic_save(tensors, path, {"key": json.dumps(key_doc, sort_keys=True)})
     return tensors, False
 
 
