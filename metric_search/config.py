@@ -21,57 +21,78 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line for the user."""
 
 
+# The parts a key can play, declared on each field below with ``part(default, *parts)``:
+# PROBLEM: defines the fitness problem (equal configs share one evaluator; resume may not change it);
+# RIVAL: decides a raced or gated record (resume may not change it in a racing or gated run);
+# RACE / GATE: used only with racing / with the proxy gate; COMPARED: reported by ``analyze --compare``.
+PARTS = PROBLEM, RIVAL, RACE, GATE, COMPARED = "problem", "rival", "race", "gate", "compared"
+
+
+def part(default, *parts: str, legacy=dataclasses.MISSING):
+    """A field with its default, the parts it plays and, for a key added after runs were made with the project,
+    ``legacy``: the value those runs behaved as (a saved config without the key reads as it)."""
+    metadata = {"parts": parts} if legacy is dataclasses.MISSING else {"parts": parts, "legacy": legacy}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class SearchConfig:
     # where the run lives
     name: str = "search"
     output_dir: str = "runs"
     # the model and the pruning problem
-    model: str = "smollm2"
-    sparsity: float = 0.5
-    structure: str = "unstructured"
-    # where it runs (evaluators/devices.py); empty values are settled from the device when a run starts
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (accelerate's device map over the visible GPUs)
-    dtype: str = ""  # float32 | bfloat16 | float16; empty: float32 on the CPU, bfloat16 on a GPU
-    mask_fingerprint: str = ""  # host | device (evaluators/fingerprint.py); empty: host on the CPU, else device
+    model: str = part("smollm2", PROBLEM, COMPARED)
+    sparsity: float = part(0.5, PROBLEM, COMPARED)
+    structure: str = part("unstructured", PROBLEM, COMPARED)
+    # where it runs (evaluators/devices.py); empty values are settled from the device when a run starts:
+    # device cpu | cuda | cuda:N | auto (accelerate's device map over the visible GPUs); dtype float32 | bfloat16 |
+    # float16 (empty: float32 on the CPU, bfloat16 on a GPU); mask_fingerprint host | device (empty: host on the CPU)
+    device: str = part("cpu", PROBLEM)
+    dtype: str = part("", PROBLEM, legacy="float32")
+    mask_fingerprint: str = part("", PROBLEM, legacy="host")
     # data: calibration windows (random, valid's first region) and fitness windows (valid's second region)
-    data: str = "wikitext2"
-    data_dir: str = ""
-    nsamples: int = 16
-    calib_seqlen: int = 512
-    grad_norm: str = "l2"
-    fitness_windows: int = 8
-    fitness_seqlen: int = 256
-    batch_size: int = 4
+    data: str = part("wikitext2", PROBLEM, COMPARED)
+    data_dir: str = part("", PROBLEM)
+    nsamples: int = part(16, PROBLEM, COMPARED)
+    calib_seqlen: int = part(512, PROBLEM, COMPARED)
+    grad_norm: str = part("l2", PROBLEM, COMPARED)
+    fitness_windows: int = part(8, PROBLEM, COMPARED)
+    fitness_seqlen: int = part(256, PROBLEM, COMPARED)
+    batch_size: int = part(4, PROBLEM)
     # the search space
-    leaves: list[str] = field(default_factory=lambda: ["W", "X", "G"])
-    operators: list[str] = field(default_factory=list)  # empty: every registered operator
+    leaves: list[str] = part(["W", "X", "G"], PROBLEM, COMPARED)
+    operators: list[str] = part([], COMPARED)  # empty: every registered operator
     init_min_height: int = 1
     init_max_height: int = 3
     max_height: int = 6
     seed_metrics: list[str] = field(default_factory=list)  # expressions or baseline names
     # the genetic programme
-    mode: str = "steady"  # "steady" (Pruner-Zero's Algorithm 1) | "generational" (mu + lambda)
-    population_size: int = 50
-    iterations: int = 300  # steady: children; generational: generations
-    top_k: int = 10  # steady: parents are drawn by tournament among the best top_k
+    mode: str = part("steady", RIVAL)  # "steady" (Pruner-Zero's Algorithm 1) | "generational" (mu + lambda)
+    population_size: int = part(50, RIVAL, COMPARED)
+    iterations: int = part(300, COMPARED)  # steady: children; generational: generations
+    top_k: int = part(10, RIVAL)  # steady: parents are drawn by tournament among the best top_k
     tournament_size: int = 3
     crossover_prob: float = 0.5  # generational; steady always crosses over
     mutation_prob: float = 0.5
     subtree_mutation: float = 0.5  # share of mutations that grow a new subtree instead of replacing a node
     offspring: int = 50  # generational: lambda
     max_regenerate: int = 20  # tries to produce a child unlike its parents and the population
-    seed: int = 0
+    seed: int = part(0, PROBLEM, COMPARED)
     # multi-fidelity (all off by default; see evaluators/fitness.py)
-    racing: bool = False  # steady: stop a child once certainly worse than the member it must beat
-    race_against: str = "top_k"  # that member: "top_k" (the last possible parent) or "worst" (of the population)
-    race_min_windows: int = 2
-    race_z: float = 2.0
-    race_chunk: int = 0  # windows forwarded between two racing tests; 0: 1 on the CPU, batch_size on a GPU
+    racing: bool = part(False, RIVAL)  # steady: stop a child once certainly worse than the member it must beat
+    # that member: "top_k" (the last possible parent) or "worst" (of the population)
+    race_against: str = part("top_k", RIVAL, RACE, legacy="worst")
+    race_min_windows: int = part(2, RIVAL, RACE)
+    race_z: float = part(2.0, RIVAL, RACE)
+    # windows forwarded between two racing tests; 0: 1 on the CPU, batch_size on a GPU
+    race_chunk: int = part(0, RIVAL, RACE, legacy=1)
     proxies: bool = False  # record the recon and overlap proxies of every candidate
-    proxy_gate: bool = False  # skip the forward when recon exceeds that of every member raced against...
-    proxy_gate_margin: float = 1.05  # ...times this: near-ties in recon say nothing about perplexity
-    proxy_gate_rows: int = 8  # first estimate recon on 1 row in this many; 1: always the exact recon
+    proxy_gate: bool = part(False, RIVAL)  # skip the forward when recon exceeds that of every member raced against...
+    # ...times this margin: near-ties in recon say nothing about perplexity
+    proxy_gate_margin: float = part(1.05, RIVAL, GATE, legacy=1.0)
+    proxy_gate_rows: int = part(8, GATE, legacy=1)  # first estimate recon on 1 row in this many; 1: exact recon only
     successive_halving: bool = False  # generational: offspring on few windows, the better half on more
     halving_min_windows: int = 2
     max_seconds: float = 0.0  # wall-clock budget of one invocation (0: none)
@@ -137,21 +158,14 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
-# Which keys play which part, declared once here; every other module reads these.
-# The fitness problem: two configs equal on these share one evaluator, and a resumed run may not change them.
-PROBLEM_KEYS = ("model", "sparsity", "structure", "device", "dtype", "mask_fingerprint", "data", "data_dir", "nsamples",
-                "calib_seqlen", "grad_norm", "fitness_windows", "fitness_seqlen", "batch_size", "seed", "leaves")
-# What decides a raced or gated record; a resumed run reuses those records, so these stay fixed.
-RIVAL_KEYS = ("mode", "population_size", "top_k", "racing", "race_against", "race_min_windows", "race_z", "race_chunk",
-              "proxy_gate", "proxy_gate_margin")
-RACE_KEYS = ("race_against", "race_min_windows", "race_z", "race_chunk")  # used only with racing
-GATE_KEYS = ("proxy_gate_margin", "proxy_gate_rows")  # used only with the proxy gate
-# What ``analyze --compare`` reports when two runs differ in it.
-COMPARED_KEYS = ("model", "sparsity", "structure", "data", "nsamples", "calib_seqlen", "grad_norm",
-                 "fitness_windows", "fitness_seqlen", "leaves", "operators", "seed", "population_size", "iterations")
+def keys_playing(part_name: str) -> tuple[str, ...]:
+    """The config keys that play ``part_name`` (one of PARTS), in field order."""
+    return tuple(f.name for f in dataclasses.fields(SearchConfig) if part_name in f.metadata.get("parts", ()))
+
+
+PROBLEM_KEYS, RIVAL_KEYS, RACE_KEYS, GATE_KEYS, COMPARED_KEYS = (keys_playing(p) for p in PARTS)
 # Runs made before a key existed behaved as these values say (not as today's defaults).
-LEGACY_DEFAULTS = {"race_against": "worst", "proxy_gate_margin": 1.0, "proxy_gate_rows": 1, "dtype": "float32",
-                   "mask_fingerprint": "host", "race_chunk": 1}
+LEGACY_DEFAULTS = {f.name: f.metadata["legacy"] for f in dataclasses.fields(SearchConfig) if "legacy" in f.metadata}
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
 TYPES = typing.get_type_hints(SearchConfig)
