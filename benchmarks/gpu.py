@@ -24,7 +24,7 @@ import time
 import torch
 
 from evaluators import compute_statistics, parse_structure, window_nlls
-from evaluators.devices import DTYPES, resolve_device
+from evaluators.devices import DTYPES, dtype_name, resolve_device
 from evaluators.fingerprint import mask_fingerprint
 from evaluators.fitness import FitnessEvaluator
 from evaluators.models import EMBEDDED, decoder_blocks
@@ -159,7 +159,7 @@ def other_route_seconds(clock: Clock, evaluator: FitnessEvaluator, masks: dict, 
 def search_rate(evaluator, device: str, dtype: torch.dtype, args) -> str:
     """A steady-state search on ``evaluator`` for ``--search-seconds``; computed candidates per minute."""
     config = load_config(None, [f"device={device}",
-                                f"dtype={str(dtype).removeprefix('torch.')}", "population_size=20", "iterations=100000",
+                                f"dtype={dtype_name(dtype)}", "population_size=20", "iterations=100000",
                                 f"max_seconds={args.search_seconds}", "test_top_k=0", "racing=false",
                                 'seed_metrics=["wanda", "gblm", "pruner-zero"]', f"batch_size={args.batch_size}"])
     config = config.settled()

@@ -37,6 +37,11 @@ _PACK = 0x0102040810204080  # byte b of a word (0 or 1) → bit 56 + b of the pr
 _keys: dict[torch.device, torch.Tensor] = {}
 
 
+def default_scheme(on_cpu: bool) -> str:
+    """``host`` where every mask lives on the CPU (the faster scheme there), else ``device``."""
+    return "host" if on_cpu else "device"
+
+
 def _logical_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
     """``x >>> bits`` on int64 (torch's ``>>`` is arithmetic): the sign copies are masked off."""
     return (x >> bits) & ((1 << (64 - bits)) - 1)

@@ -41,7 +41,7 @@ import torch
 from primitives import compile_tree, parse
 
 from .devices import to_host
-from .fingerprint import mask_fingerprint
+from .fingerprint import default_scheme, mask_fingerprint
 from .masks import Structure, make_mask
 from .models import prunable_linears
 from .perplexity import window_nlls
@@ -140,7 +140,7 @@ class FitnessEvaluator:
         self.tokenizer = tokenizer
         self.linears = prunable_linears(model)
         self.on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
-        self.fingerprint = fingerprint or ("host" if self.on_cpu else "device")
+        self.fingerprint = fingerprint or default_scheme(self.on_cpu)
         keep = self.on_cpu if dense_copy is None else dense_copy
         self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()} if keep else None
         self.stats = stats

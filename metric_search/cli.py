@@ -18,13 +18,6 @@ class UsageError(Exception):
     """Bad input detected by the CLI itself."""
 
 
-def _sparsity_and_structure(sparsity: float | None, structure: str | None):
-    # deferred: torch loads only for the commands that need it (`--help` stays fast)
-    from evaluators.masks import resolve_sparsity
-
-    return resolve_sparsity(sparsity, structure)
-
-
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-data", default="wikitext2", help="wikitext2 | c4 | text:PATH (default: wikitext2)")
@@ -70,9 +63,10 @@ def cmd_prune(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
     from evaluators.devices import dtype_name
+    from evaluators.masks import resolve_sparsity
     from evaluators.methods import BASELINES
 
-    sparsity, structure = _sparsity_and_structure(args.sparsity, args.structure)
+    sparsity, structure = resolve_sparsity(args.sparsity, args.structure)
     if args.metric and args.method:
         raise UsageError("give either --method or --metric, not both")
     if not args.metric and (args.method or "wanda") not in BASELINES:
@@ -168,10 +162,11 @@ def cmd_analyze(args) -> int:
     reevaluation = None
     if args.reevaluate:
         # deferred: torch loads only for the commands that need it (`--help` stays fast)
+        from evaluators.masks import resolve_sparsity
         from .results.reevaluate import reevaluate
 
         if args.sparsity is not None or args.structure:
-            _sparsity_and_structure(args.sparsity, args.structure)  # fail before loading the model
+            resolve_sparsity(args.sparsity, args.structure)  # fail before loading the model
         if args.reevaluate_top < 1 or args.windows < 0 or args.seqlen < 2:
             raise UsageError("--reevaluate-top must be ≥ 1, --windows ≥ 0 and --seqlen ≥ 2")
         device, dtype = _placement(args)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.devices import DTYPES, DeviceError, dtype_name, resolve_device, resolve_dtype
-from evaluators.fingerprint import SCHEMES
+from evaluators.fingerprint import SCHEMES, default_scheme
 from evaluators.masks import MaskError, resolve_sparsity
 
 
@@ -151,7 +151,7 @@ class SearchConfig:
             raise ConfigError(str(err)) from None
         on_cpu = device == "cpu"
         return dataclasses.replace(self, dtype=self.dtype or dtype_name(resolve_dtype("", device)),
-                                   mask_fingerprint=self.mask_fingerprint or ("host" if on_cpu else "device"),
+                                   mask_fingerprint=self.mask_fingerprint or default_scheme(on_cpu),
                                    race_chunk=self.race_chunk or (1 if on_cpu else self.batch_size))
 
     def to_dict(self) -> dict:

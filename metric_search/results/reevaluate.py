@@ -16,6 +16,7 @@ from scipy import stats as st
 
 from evaluators import (Calibration, SymbolicPruner, calibration_windows, evaluation_windows, load_model,
                         parse_structure, perplexity, prunable_linears)
+from evaluators.devices import dtype_name, model_dtype
 from evaluators.masks import resolve_sparsity
 
 from .markdown import p_text, table
@@ -79,7 +80,7 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
         linear.weight.data.copy_(dense[name])
     out = {"protocol": {"mode": "sequential" if sequential else "one-shot", "sparsity": target,
                         "structure": str(parsed), "perplexity": eval_spec.describe(),
-                        "device": device, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+                        "device": device, "dtype": dtype_name(model_dtype(model))},
            "rows": results, "dense_perplexity": dense_ppl, "spearman_rho": math.nan, "spearman_p": math.nan,
            "kendall_tau": math.nan, "kendall_p": math.nan}
     pairs = [(r["fitness"], r["perplexity"]) for r in results if r["fitness"] is not None]
