@@ -8,8 +8,8 @@ parameters) and ``smollm2`` (the embedded SmolLM2-135M's real weights when ``llm
 else its shape). Windows are random token ids, ``--windows`` × ``--seqlen``. For each model and dtype it
 prints: X and G statistics seconds; the dense forward of the windows (batched as the evaluator batches
 them); one fitness evaluation of Wanda's score (the search's path: float32 scores, masks, on-device
-fingerprint, masked forward and restore, no dense copy) and its parts; the evaluation/forward ratio; the
-peak GPU memory of the statistics and of the evaluator; and candidates per minute of a short ``search``
+fingerprint, masked forward, restore from a dense copy where memory allows) and its parts; the
+evaluation/forward ratio; the peak GPU memory of the statistics and of the evaluator; and candidates per minute of a short ``search``
 (steady state, racing off) on that evaluator. Without CUDA (and without ``--device cpu``) it says so and
 exits 0.
 """
@@ -30,7 +30,7 @@ from evaluators.fitness import FitnessEvaluator
 from evaluators.models import EMBEDDED, decoder_blocks
 from metric_search.config import load_config
 from metric_search.search import MetricSearch
-from metric_search.worker import problem, register_evaluator
+from metric_search.worker import problem, register_evaluator, release_evaluators
 
 SHAPES = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -168,6 +168,7 @@ def search_rate(evaluator, device: str, dtype: torch.dtype, args) -> str:
         search = MetricSearch(config, progress=False).fit(f"{tmp}/run")
         counts = search.store.checkpoint()["counts"]
         elapsed = float(search.logbook_[-1]["elapsed_s"])
+    release_evaluators()  # else the registry keeps this model alive while the next one is measured
     return f"{counts['computed'] / elapsed * 60:.0f} ({counts['computed']} computed in {elapsed:.0f} s)"
 
 

@@ -81,3 +81,15 @@ def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         for i, row in zip(indices, torch.stack([tensors[i] for i in indices]).cpu()):
             out[i] = row
     return out
+
+
+def room_for_copy(tensors: list[torch.Tensor], share: float = 0.5) -> bool:
+    """Whether a copy of ``tensors`` takes at most ``share`` of the free memory of each accelerator they are
+    on (the CPU always has room: its copy is the one the evaluator restores from there)."""
+    needed: dict[torch.device, int] = {}
+    for tensor in tensors:
+        if tensor.device.type != "cpu":
+            needed[tensor.device] = needed.get(tensor.device, 0) + tensor.numel() * tensor.element_size()
+    if any(device.type != "cuda" for device in needed):
+        return False
+    return all(size <= share * torch.cuda.mem_get_info(device)[0] for device, size in needed.items())

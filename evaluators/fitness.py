@@ -40,9 +40,9 @@ import torch
 
 from primitives import compile_tree, parse
 
-from .devices import to_host
+from .devices import room_for_copy, to_host
 from .fingerprint import default_scheme, mask_fingerprint
-from .masks import Structure, make_mask
+from .masks import Structure, make_mask, selection, ties_by_index
 from .models import prunable_linears
 from .perplexity import window_nlls
 
@@ -129,7 +129,9 @@ class FitnessEvaluator:
         sparsity, structure: the pruning problem.
         fingerprint: mask fingerprint scheme, ``device`` or ``host`` (``fingerprint.py``); ``None``: ``host``
             when every layer is on the CPU (the faster there), else ``device``.
-        dense_copy: keep a dense copy of the prunable weights to restore from; ``None``: only on the CPU.
+        dense_copy: keep a dense copy of the prunable weights to restore from; ``None``: on the CPU, and on a
+            GPU when the copy takes at most half its free memory (restoring from the copy is the faster route
+            on both: ``benchmarks/gpu.py``); otherwise the pruned values are saved and scattered back.
         tokenizer: the model's tokenizer, kept for callers that cut more windows (the final test perplexities).
     """
 
@@ -141,7 +143,8 @@ class FitnessEvaluator:
         self.linears = prunable_linears(model)
         self.on_cpu = all(linear.weight.device.type == "cpu" for linear in self.linears.values())
         self.fingerprint = fingerprint or default_scheme(self.on_cpu)
-        keep = self.on_cpu if dense_copy is None else dense_copy
+        weights = [linear.weight for linear in self.linears.values()]
+        keep = room_for_copy(weights) if dense_copy is None else dense_copy
         self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()} if keep else None
         self.stats = stats
         self.windows = windows
@@ -157,9 +160,7 @@ class FitnessEvaluator:
     @torch.no_grad()
     def layer_scores(self, fn, name: str) -> torch.Tensor:
         """``fn``'s float32 scores for one layer; raises ``InvalidScore`` for unusable ones."""
-        weight = self.weight(name)
-        leaves = {kind: value.float() for kind, value in self.stats.get(name, {}).items()}
-        scores = torch.broadcast_to(fn(W=weight, **leaves), weight.shape)
+        scores = self._unchecked_scores(fn, name)
         low, high = torch.aminmax(scores)  # NaN propagates into both, inf into one
         if not (math.isfinite(low) and math.isfinite(high)):
             raise InvalidScore(f"non-finite scores in {name}")
@@ -167,11 +168,44 @@ class FitnessEvaluator:
             raise InvalidScore(f"constant scores in {name}")
         return scores
 
+    def _unchecked_scores(self, fn, name: str) -> torch.Tensor:
+        weight = self.weight(name)
+        leaves = {kind: value.float() for kind, value in self.stats.get(name, {}).items()}
+        return torch.broadcast_to(fn(W=weight, **leaves), weight.shape)
+
     def masks(self, fn, scores: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The mask of every layer under ``fn`` (from ``scores`` when given); raises ``InvalidScore``."""
         with torch.no_grad():  # one layer's scores at a time unless the caller holds them all
+            if scores is None and not self.on_cpu:
+                return self._masks_one_read_back(fn)
             return {name: make_mask(scores[name] if scores else self.layer_scores(fn, name), self.sparsity,
                                     self.structure) for name in self.linears}
+
+    def _masks_one_read_back(self, fn) -> dict[str, torch.Tensor]:
+        """``masks`` for an accelerator, which waits for nothing until every layer's work is queued.
+
+        Reading a flag back stalls the device: checking each layer's scores and its selection's ties on the
+        spot costs up to three stalls per layer. Here both checks stay on the device and come back in one
+        transfer per device; the layers whose selection was tied are then settled exactly, and an unusable
+        score raises as ``layer_scores`` would.
+        """
+        masks, flags, thresholds = {}, [], {}
+        for name in self.linears:
+            scores = self._unchecked_scores(fn, name)
+            low, high = torch.aminmax(scores)
+            unusable = ~(torch.isfinite(low) & torch.isfinite(high)) | (low == high)
+            if self.structure.unstructured:
+                masks[name], thresholds[name], settled = selection(scores, self.sparsity)
+            else:
+                masks[name], settled = make_mask(scores, self.sparsity, self.structure), torch.ones_like(unusable)
+            flags.append(torch.stack([unusable, ~settled.to(unusable.device)]))
+        read = dict(zip(self.linears, to_host(flags)))
+        for name in (name for name, (unusable, _) in read.items() if unusable):
+            self.layer_scores(fn, name)  # raises, with the reason
+        for name in (name for name, (_, tied) in read.items() if tied):
+            k = int(self.linears[name].weight.shape[-1] * self.sparsity)
+            masks[name] = ties_by_index(self._unchecked_scores(fn, name), thresholds[name], k)
+        return masks
 
     @torch.no_grad()
     def recon_estimate(self, scores_of: Callable[[str], torch.Tensor], every: int) -> float:

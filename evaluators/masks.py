@@ -7,6 +7,7 @@ among equal scores, the lower input index is pruned first. NaN scores sort as th
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -78,21 +79,6 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def _lowest_by_threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Same mask as ``_lowest`` via each row's k-th smallest value: O(in) per row instead of a sort.
-
-    Entries below the threshold are pruned; of those equal to it, the first ones by index fill the
-    remaining count, which is exactly the stable sort's tie order.
-    """
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    kth = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
-    below = scores < kth
-    at = scores == kth
-    missing = k - below.sum(-1, keepdim=True)
-    return below | (at & (at.cumsum(-1) <= missing))
-
-
 def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Each row's k-th smallest value, shape ``(rows, 1)``.
 
@@ -105,23 +91,39 @@ def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k, dim=-1, largest=False, sorted=False).values.amax(-1, keepdim=True)
 
 
-def _lowest_by_select(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Same mask as ``_lowest``, by selection: fastest when no row has a tie across the k-th position.
+def ties_by_index(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact mask of the ``k`` lowest entries per row given each row's k-th smallest value ``kth``.
 
-    ``scores <= kth`` is the answer exactly when it holds ``k`` entries in every row; where a row's
-    threshold value occurs more often than the selection can hold, the exact tie order decides instead.
+    Entries below the threshold are pruned; of those equal to it, the first ones by index fill the
+    remaining count, which is exactly the stable sort's tie order.
     """
+    below = scores < kth
+    at = scores == kth
+    missing = k - below.sum(-1, keepdim=True, dtype=torch.int32)
+    return below | (at & (at.cumsum(-1, dtype=torch.int32) <= missing))
+
+
+def selection(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(scores <= kth, kth, settled)`` for the ``floor(in · sparsity)`` lowest entries of each row.
+
+    ``settled`` is a 0-dim bool tensor on the scores' device, true when ``scores <= kth`` is already the exact
+    mask (every row holds exactly k entries at or below its threshold); where it is false,
+    ``ties_by_index(scores, kth, k)`` is. Nothing is read back to the host, so a caller can settle many
+    layers with one synchronisation.
+    """
+    k = int(scores.shape[-1] * check_sparsity(sparsity))
     if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    mask = scores <= _kth_smallest(scores, k)
-    if (mask.sum(-1) != k).any():
-        return _lowest_by_threshold(scores, k)
-    return mask
+        empty = torch.zeros_like(scores, dtype=torch.bool)
+        return empty, torch.full_like(scores[..., :1], -math.inf), torch.ones((), dtype=torch.bool)
+    kth = _kth_smallest(scores, k).to(scores.device)
+    mask = scores <= kth
+    return mask, kth, (mask.sum(-1, dtype=torch.int32) == k).all()
 
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row."""
-    return _lowest_by_select(scores, int(scores.shape[-1] * check_sparsity(sparsity)))
+    """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row (ties: lowest index first)."""
+    mask, kth, settled = selection(scores, sparsity)
+    return mask if settled else ties_by_index(scores, kth, int(scores.shape[-1] * sparsity))
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

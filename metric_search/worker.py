@@ -57,6 +57,11 @@ def register_evaluator(spec: dict, evaluator) -> None:
     _EVALUATORS[_problem_key(spec)] = evaluator
 
 
+def release_evaluators() -> None:
+    """Drop this process's evaluators, and with them the models and statistics they hold."""
+    _EVALUATORS.clear()
+
+
 def evaluate_expression(spec: dict, expression: str, known_masks: dict[str, dict], request=None) -> dict:
     """Fitness of one expression under an ``EvaluationRequest``, as a plain dict (what crosses process
     boundaries)."""

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from evaluators import Calibration, Wanda, compute_statistics, parse_structure, perplexity, prunable_linears
-from evaluators.fitness import FitnessEvaluator
+from evaluators.fitness import FitnessEvaluator, InvalidScore
+from evaluators.masks import make_mask
 
 
 @pytest.fixture
@@ -48,3 +49,26 @@ def test_mask_cache_skips_the_forward(evaluator):
     assert same_masks.fitness == first.fitness and same_masks.window_nll == []
     other = evaluator.evaluate(lambda W, X, G: W.abs(), known)
     assert other.mask_hash != first.mask_hash and other.reason == ""
+
+
+@pytest.mark.parametrize("structure", [None, "2:4"])
+@pytest.mark.parametrize("fn", [
+    lambda W, X, G: W.abs() * X,
+    lambda W, X, G: (W.abs() / W.abs().amax() * 4).round(),  # many ties at each row's threshold
+    lambda W, X, G: torch.sign(W),  # two values: every row tied
+])
+def test_accelerator_masks_with_one_read_back_equal_the_per_layer_ones(evaluator, fn, structure):
+    evaluator.structure = parse_structure(structure)
+    deferred = evaluator._masks_one_read_back(fn)  # what masks() does off the CPU
+    assert deferred.keys() == evaluator.linears.keys()
+    assert all(torch.equal(mask, make_mask(evaluator.layer_scores(fn, name), 0.5, evaluator.structure))
+               for name, mask in deferred.items())
+
+
+@pytest.mark.parametrize("fn,reason", [
+    (lambda W, X, G: W / 0.0, "non-finite"),
+    (lambda W, X, G: torch.ones_like(W), "constant"),
+])
+def test_accelerator_masks_raise_as_the_per_layer_check_does(evaluator, fn, reason):
+    with pytest.raises(InvalidScore, match=f"{reason} scores in {next(iter(evaluator.linears))}"):
+        evaluator._masks_one_read_back(fn)

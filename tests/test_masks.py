@@ -64,7 +64,7 @@ def test_nm_width_not_multiple():
 @pytest.mark.parametrize("k", [1, 5, 16, 31])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_fast_masks_equal_stable_sort(k, dtype):
-    from evaluators.masks import _lowest, _lowest_by_select, _lowest_by_threshold
+    from evaluators.masks import _lowest, selection, ties_by_index
 
     tied_rows = torch.randn(9, 32)
     tied_rows[3] = 1.0
@@ -74,5 +74,10 @@ def test_fast_masks_equal_stable_sort(k, dtype):
     for scores in (torch.randn(9, 32), torch.randint(0, 3, (9, 32)).float(), torch.zeros(9, 32), tied_rows,
                    signed_zeros):
         scores = scores.to(dtype)
-        assert torch.equal(_lowest_by_threshold(scores, k), _lowest(scores, k))
-        assert torch.equal(_lowest_by_select(scores, k), _lowest(scores, k))
+        expected = _lowest(scores, k)
+        assert torch.equal(unstructured_mask(scores, k / 32), expected)
+        kth = torch.kthvalue(scores.float(), k, dim=-1, keepdim=True).values.to(dtype)
+        assert torch.equal(ties_by_index(scores, kth, k), expected)  # whichever way the k-th value was found
+        mask, kth, settled = selection(scores, k / 32)
+        assert torch.equal(ties_by_index(scores, kth, k), expected)
+        assert bool(settled) == torch.equal(mask, expected)
