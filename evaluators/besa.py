@@ -97,11 +97,10 @@ class BESA(RankedBlockwisePruner):
         self.rate_step, self.samples, self.batch_size = rate_step, samples, batch_size
         self.name = "besa" if self.ranking.name == "wanda" else f"besa ({self.ranking.name})"
 
-    def prune(self, model, calibration=None, sparsity=0.5, structure=Structure(), sequential=False, progress=True):
-        if not structure.unstructured:  # refuse before any statistics are computed
+    def check(self, structure: Structure) -> None:
+        if not structure.unstructured:
             raise MaskError(f"BESA allocates unstructured sparsity; with {structure} every layer is fixed at "
                             f"{structure.sparsity:g}, use the score pruner directly")
-        return super().prune(model, calibration, sparsity, structure, sequential, progress)
 
     def prune_block(self, step: BlockStep) -> None:
         device = next(iter(step.linears.values())).weight.device

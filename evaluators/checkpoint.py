@@ -1,6 +1,7 @@
 """Saving a pruned model as a normal Hugging Face checkpoint, and the provenance stored beside it."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -22,6 +23,19 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ``PermissionError`` (one line) unless ``path`` can be created or written: its nearest existing
+    ancestor must be a writable directory. Called before minutes of work whose result goes there."""
+    path = Path(path).expanduser().absolute()
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write {path}: {ancestor} is not writable")
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:

@@ -10,6 +10,7 @@ reported perplexity uses the ``test`` split only.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -21,6 +22,8 @@ CALIBRATION_FRACTION = 0.5
 DATA_ENV = "METRIC_SEARCH_DATA"
 WIKITEXT_FILES = {"valid": ("valid.txt", "wiki.valid.raw"), "test": ("test.txt", "wiki.test.raw"),
                   "train": ("train.txt", "wiki.train.raw")}
+SPLITS = tuple(WIKITEXT_FILES)
+SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid", "eval": "valid", "testing": "test"}
 
 
 class DataError(RuntimeError):
@@ -49,8 +52,23 @@ def _hub_rows(path: str, name: str | None, split: str, **kwargs) -> list[str]:
         raise DataError(f"cannot fetch {path} from the hub ({type(err).__name__})") from err
 
 
+def check_split(split: str) -> None:
+    """Refuse a split name this project does not use, suggesting the one meant (``valid`` for ``validation``)."""
+    if split not in SPLITS:
+        meant = SPLIT_ALIASES.get(split) or next(iter(difflib.get_close_matches(split, SPLITS, 1)), None)
+        hint = f"did you mean {meant!r}? " if meant else ""
+        raise DataError(f"unknown split {split!r}; {hint}(splits: {', '.join(SPLITS)})")
+
+
+def check_source(source: str, split: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail now, before a model is loaded, on a text source or split that would fail later: the rows are read
+    once (a local file in milliseconds; a hub dataset is fetched into its cache, as it would be anyway)."""
+    load_rows(source, split, data_dir)
+
+
 def load_rows(source: str, split: str, data_dir: str | os.PathLike | None = None) -> list[str]:
     """The rows (lines or documents) of one split of a text source."""
+    check_split(split)
     if source == "wikitext2":
         local = _local_wikitext(split, data_dir)
         if local is not None:

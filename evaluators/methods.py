@@ -23,6 +23,10 @@ BASELINES: dict[str, Callable[..., Pruner]] = {
 }
 
 
+class MethodError(ValueError):
+    """An unknown method name; one line for the user."""
+
+
 def get_pruner(name: str, **options) -> Pruner:
     """A baseline pruner by its CLI name, given the options it accepts.
 
@@ -30,7 +34,7 @@ def get_pruner(name: str, **options) -> Pruner:
     every option it has; ``None`` values mean "the method's default".
     """
     if name not in BASELINES:
-        raise KeyError(f"unknown method {name!r}; choose from {', '.join(BASELINES)}")
+        raise MethodError(f"unknown method {name!r}; choose from {', '.join(BASELINES)}")
     factory = BASELINES[name]
     accepted = inspect.signature(factory).parameters
     return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -86,23 +87,40 @@ def convert_gguf(path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def resolve_checkpoint(spec: str) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts (a dir or a hub id)."""
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse, without reading any weights, a model spec that ``load_model`` could not load: a missing
+    GGUF file or checkpoint directory, a directory without ``config.json``, a name that is neither a path
+    nor a hub id, or the embedded model when it is not installed. (A hub id is only checked for its form.)"""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError("no model given")
     if spec == EMBEDDED:
-        return str(convert_gguf(embedded_gguf_path(), cache_dir() / "models" / "smollm2-135m"))
+        embedded_gguf_path()
+        return
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {spec}")
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}"))
-    if path.exists():
+    elif path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"{spec} is not a model checkpoint directory (no config.json)")
-        return str(path)
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelError(f"model not found: {spec}")
-    return spec  # a hub id
+    elif spec.startswith((".", "/", "~")) or not HUB_ID.fullmatch(spec):
+        raise ModelError(f"model not found: {spec} (give {EMBEDDED}, a checkpoint directory, a .gguf file or a "
+                         f"hub id such as org/name)")
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts (a dir or a hub id)."""
+    check_model_spec(spec)
+    if spec == EMBEDDED:
+        return str(convert_gguf(embedded_gguf_path(), cache_dir() / "models" / "smollm2-135m"))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}"))
+    return str(path) if path.exists() else spec  # a checkpoint directory, else a hub id
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype | None = None):

@@ -31,11 +31,16 @@ class Pruner:
     def score(self, W: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def check(self, structure: Structure) -> None:
+        """Raise ``MaskError`` for a structure this method cannot prune to; ``prune`` calls it first, and a
+        caller can call it before any model is loaded."""
+
     def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
               structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
         """Zero the lowest-scoring weights of every prunable Linear. One-shot: statistics of the dense model.
         ``sequential`` (Wanda's protocol, needs ``calibration``): block by block through the one block-wise
         driver, ``X`` measured on the outputs of the already-pruned blocks."""
+        self.check(structure)
         if sequential and calibration is not None:
             return prune_blockwise(model, SequentialScore(self, self.sequential_batch), calibration, sparsity,
                                    structure, progress)
@@ -127,6 +132,7 @@ class BlockwisePruner(Pruner):
 
     def prune(self, model, calibration: Calibration | None = None, sparsity: float = 0.5,
               structure: Structure = Structure(), sequential: bool = False, progress: bool = True) -> PruneReport:
+        self.check(structure)
         return prune_blockwise(model, self, calibration, sparsity, structure, progress)
 
 

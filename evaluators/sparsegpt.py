@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .masks import Structure
+from .masks import MaskError, Structure
 from .blockwise import BlockStep
 from .pruners import BlockwisePruner
 
@@ -103,6 +103,11 @@ class SparseGPT(BlockwisePruner):
         H = stats["H"].double().clone()
         H.diagonal().add_(self.percdamp * torch.diag(H).mean())
         return (W.double() ** 2 / torch.diag(torch.linalg.inv(H)).unsqueeze(0)).to(W.dtype)
+
+    def check(self, structure: Structure) -> None:
+        if not structure.unstructured and self.blocksize % structure.m:
+            raise MaskError(f"SparseGPT's blocksize {self.blocksize} must be a multiple of M={structure.m} for "
+                            f"{structure}")
 
     def prune_block(self, step: BlockStep) -> None:
         for n, linear in step.linears.items():

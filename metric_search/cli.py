@@ -1,21 +1,37 @@
 """``metric-search``: a thin command line over the Python API.
 
-Every user error (bad flag value, missing model or data, malformed expression) ends with one line on
-stderr and exit status 2; nothing half-written is left behind.
+Every user error (bad flag value, missing model or data, malformed expression, unwritable output) ends with
+one line on stderr and exit status 2, found before any model is loaded where it can be, and nothing
+half-written is left behind. A traceback (exit 1) is a bug. Ctrl-C and SIGTERM end a command cleanly
+(exit 130 / 143); an interrupted search continues with ``metric-search resume``.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 USER_ERROR = 2
+# the OS refusing a write is the user's to fix (a full disk, a read-only or foreign folder), not a bug
+USER_OS_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR,
+                  errno.EISDIR, errno.ENOENT)
 
 
 class UsageError(Exception):
     """Bad input detected by the CLI itself."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported like every other user error: one line, exit 2 (``--help`` shows
+    the usage)."""
+
+    def error(self, message: str):
+        self.exit(USER_ERROR, f"{self.prog}: error: {message.splitlines()[0]}\n")
 
 
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
@@ -33,6 +49,11 @@ def _add_device_flags(p) -> None:
                                                    "visible GPUs) (default: cpu)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on the CPU, "
                                                  "bfloat16 on a GPU)")
+
+
+def _check_calibration(args) -> None:
+    if args.nsamples < 1 or args.calib_seqlen < 2:
+        raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
 
 
 def _placement(args) -> tuple:
@@ -62,26 +83,34 @@ def build_pruner(args):
 def cmd_prune(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
+    from evaluators.checkpoint import check_writable
+    from evaluators.data import check_source
     from evaluators.devices import dtype_name
     from evaluators.masks import resolve_sparsity
     from evaluators.methods import BASELINES
+    from evaluators.models import check_model_spec
 
     sparsity, structure = resolve_sparsity(args.sparsity, args.structure)
     if args.metric and args.method:
         raise UsageError("give either --method or --metric, not both")
     if not args.metric and (args.method or "wanda") not in BASELINES:
         raise UsageError(f"unknown method {args.method!r}; choose from {', '.join(BASELINES)}")
-    if args.nsamples < 1 or args.calib_seqlen < 2:
-        raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
+    _check_calibration(args)
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output {out} already exists and is not an empty directory")
+    check_writable(out)
     device, dtype = _placement(args)
     pruner = build_pruner(args)
+    pruner.check(structure)
+    check_model_spec(args.model)
+    calibrated = bool(pruner.needs) or args.sequential
+    if calibrated:
+        check_source(args.calib_data, "valid", args.data_dir)
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, device, dtype)
     calibration = None
-    if pruner.needs or args.sequential:
+    if calibrated:
         windows, spec = calibration_windows(tokenizer, args.calib_data, args.nsamples, args.calib_seqlen,
                                             args.seed, args.data_dir)
         calibration = Calibration(windows, spec.describe(), use_cache=not args.no_cache)
@@ -99,10 +128,15 @@ def cmd_prune(args) -> int:
 def cmd_eval(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import evaluation_windows, load_model, perplexity
+    from evaluators.data import check_source
+    from evaluators.models import check_model_spec
 
-    if args.seqlen < 2 or (args.max_windows is not None and args.max_windows < 1):
-        raise UsageError("--seqlen must be ≥ 2 and --max-windows ≥ 1")
-    model, tokenizer = load_model(args.model, *_placement(args))
+    if args.seqlen < 2 or (args.max_windows is not None and args.max_windows < 1) or args.batch_size < 1:
+        raise UsageError("--seqlen must be ≥ 2, --max-windows ≥ 1 and --batch-size ≥ 1")
+    placement = _placement(args)
+    check_model_spec(args.model)
+    check_source(args.data, args.split, args.data_dir)
+    model, tokenizer = load_model(args.model, *placement)
     windows, spec = evaluation_windows(tokenizer, args.data, args.split, args.seqlen, args.max_windows,
                                        args.data_dir)
     result = perplexity(model, windows, spec.describe(), batch_size=args.batch_size)
@@ -116,6 +150,7 @@ def cmd_search(args) -> int:
     from .search import MetricSearch
 
     config = load_config(args.config, args.overrides)
+    args.resume_hint = args.run_dir or str(Path(config.output_dir) / config.name)
     search = MetricSearch(config).fit(args.run_dir)
     print(f"run directory: {search.run_dir_}")
     return 0
@@ -125,6 +160,7 @@ def cmd_resume(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from .search import MetricSearch
 
+    args.resume_hint = args.run_dir
     search = MetricSearch.resume(args.run_dir, args.overrides)
     print(f"run directory: {search.run_dir_}")
     return 0
@@ -145,6 +181,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    if args.top < 1:
+        raise UsageError(f"--top must be ≥ 1, got {args.top}")
     if args.compare:
         # deferred: torch loads only for the commands that need it (`--help` stays fast)
         from .results.compare import compare_runs
@@ -162,9 +200,11 @@ def cmd_analyze(args) -> int:
     reevaluation = None
     if args.reevaluate:
         # deferred: torch loads only for the commands that need it (`--help` stays fast)
+        from evaluators.data import check_split
         from evaluators.masks import resolve_sparsity
         from .results.reevaluate import reevaluate
 
+        check_split(args.split)
         if args.sparsity is not None or args.structure:
             resolve_sparsity(args.sparsity, args.structure)  # fail before loading the model
         if args.reevaluate_top < 1 or args.windows < 0 or args.seqlen < 2:
@@ -198,7 +238,8 @@ def cmd_simplify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metric-search", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metric-search", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune a model with a method and save a Hugging Face checkpoint")
@@ -283,9 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("metric-search")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as from Ctrl-C (temp files removed)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,17 +349,35 @@ def main(argv: list[str] | None = None) -> int:
     # deferred: the error types live beside torch; importing them after parsing keeps `--help` fast
     from evaluators import DataError, MaskError, ModelError
     from evaluators.devices import DeviceError
+    from evaluators.methods import MethodError
     from primitives import ExpressionError
     from .config import ConfigError
     from .results.metrics import MetricError
     from .store import RunError
 
+    user_errors = (UsageError, DataError, MaskError, ModelError, ExpressionError, ConfigError, RunError,
+                   MetricError, DeviceError, MethodError)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except (UsageError, DataError, MaskError, ModelError, FileExistsError, KeyError, ExpressionError,
-            ConfigError, RunError, MetricError, DeviceError) as err:
-        print(f"metric-search {args.command}: error: {_one_line(err).strip(chr(39))}", file=sys.stderr)
+    except user_errors as err:
+        print(f"metric-search {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return USER_ERROR
-    except KeyboardInterrupt:
-        print(f"metric-search {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
+        sys.stderr.close()
+        return 0
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            raise
+        text = err.strerror or str(err)
+        where = f": {err.filename}" if err.filename and str(err.filename) not in text else ""
+        print(f"metric-search {args.command}: error: {text.splitlines()[0]}{where}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt as err:
+        hint = getattr(args, "resume_hint", None)
+        resumable = hint and (Path(hint) / "config.json").is_file()  # a set-up cut short leaves no run
+        again = f"; continue with: metric-search resume {hint}" if resumable else ""
+        print(f"metric-search {args.command}: interrupted{again}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

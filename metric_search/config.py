@@ -191,13 +191,18 @@ def _coerce(key: str, value):
     return value
 
 
-def _flatten(doc: dict) -> dict:
-    flat = {}
+def _flatten(doc: dict, table: str = "", places: dict | None = None) -> dict:
+    """Tables are only grouping: their keys are read flat, and a key set in two places is an error."""
+    flat, places = {}, {} if places is None else places
     for key, value in doc.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value))
-        else:
-            flat[key] = value
+            flat.update(_flatten(value, f"{table}.{key}" if table else key, places))
+            continue
+        here = f"[{table}]" if table else "the top level"
+        if key in places:
+            raise ConfigError(f"{key} is set twice: under {places[key]} and under {here}")
+        places[key] = here
+        flat[key] = value
     return flat
 
 

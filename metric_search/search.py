@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from deap import algorithms
 from tqdm.auto import tqdm
 
 from evaluators.checkpoint import versions
+from evaluators.data import check_source
 from evaluators.fitness import EvaluationRequest, Race
-from primitives import parse, rank_key, simplify_tree, to_string
+from evaluators.models import check_model_spec
+from primitives import ExpressionError, parse, rank_key, simplify_tree, to_string
 
 from .config import RIVAL_KEYS, ConfigError, SearchConfig, load_config
 from .evaluation import CandidatePool, fitness_of, member_fitness
@@ -50,12 +53,20 @@ class MetricSearch:
 
     # ---------------------------------------------------------------- user entry points
     def fit(self, run_dir: str | Path | None = None) -> "MetricSearch":
-        """Start a new run in ``run_dir`` (default ``<output_dir>/<name>``) and run it to the end."""
+        """Start a new run in ``run_dir`` (default ``<output_dir>/<name>``) and run it to the end.
+
+        Everything is checked, and the model and its statistics loaded, before the run directory is made:
+        a set-up that fails leaves nothing behind, so the same command can simply be run again."""
         run_dir = Path(run_dir or Path(self.config.output_dir) / self.config.name)
         self.config = self.config.settled()  # device checked, its defaults saved with the run
+        RunStore.check_new(run_dir)
+        self._set_up()
         record = {**self.config.to_dict(), "versions": versions(), "run_dir": str(run_dir)}
         self.store = RunStore.create(run_dir, record)
-        return self._run()
+        try:
+            return self._run()
+        finally:
+            self.store.unlock()
 
     @classmethod
     def resume(cls, run_dir, overrides: list[str] = (), progress: bool = True) -> "MetricSearch":
@@ -74,9 +85,17 @@ class MetricSearch:
                                   f"proxy gate (its raced and gated records were decided against the old rival)")
         search = cls(config, progress)
         search.store = store
-        store.repair()
-        store.write_config({**saved, **config.to_dict()})
-        return search._run()
+        store.lock()
+        try:
+            dropped = store.repair()
+            if dropped:
+                print(f"{store.path}: dropped the torn last line of evaluations.jsonl ({dropped} bytes, what a kill "
+                      f"mid-write leaves); that candidate is evaluated again", file=sys.stderr)
+            search._set_up()
+            store.write_config({**saved, **config.to_dict()})
+            return search._run()
+        finally:
+            store.unlock()
 
     @classmethod
     def from_run(cls, run_dir) -> "MetricSearch":
@@ -90,11 +109,30 @@ class MetricSearch:
         return search
 
     # ---------------------------------------------------------------- the loop
+    def _set_up(self) -> None:
+        """Check everything a run reads — operators and leaves, seed metrics, model spec, text source — then
+        load the model and its statistics (once, here, before any worker)."""
+        cfg = self.config
+        try:
+            self.toolbox, self.pset = build_toolbox(cfg)
+        except ValueError as err:  # an operator or leaf that is not registered
+            raise ConfigError(str(err)) from None
+        self.seeds = []
+        for seed in cfg.seed_metrics:
+            try:
+                self.seeds.append(individual(parse(KNOWN_METRICS.get(seed, seed), self.pset)))
+            except ExpressionError as err:
+                raise ConfigError(f"seed_metrics: {seed!r} is neither a known metric ({', '.join(KNOWN_METRICS)}) "
+                                  f"nor an expression over this search's operators and leaves: {err}") from None
+        check_model_spec(cfg.model)
+        check_source(cfg.data, "valid", cfg.data_dir or None)  # calibration and fitness windows
+        if cfg.test_top_k:
+            check_source(cfg.data, "test", cfg.data_dir or None)
+        self.spec = problem(cfg.to_dict())
+        evaluator_for(self.spec, progress=self.progress)
+
     def _run(self) -> "MetricSearch":
         cfg = self.config
-        self.toolbox, self.pset = build_toolbox(cfg)
-        self.spec = problem(cfg.to_dict())
-        evaluator_for(self.spec, progress=self.progress)  # model + statistics once, here, before any worker
         self.pool = CandidatePool(self.store, self.spec, cfg.n_jobs)
         self.started = time.perf_counter()
         self.log_rows = self.store.read_table(LOGBOOK)
@@ -174,9 +212,8 @@ class MetricSearch:
 
     def _initial_population(self) -> tuple[list, int]:
         """The seed metrics (duplicates dropped), then unique random trees; and how many are seeds."""
-        seeds = [individual(parse(KNOWN_METRICS.get(s, s), self.pset)) for s in self.config.seed_metrics]
         population, keys = [], set()
-        for ind in seeds:
+        for ind in self.seeds:
             if rank_key(ind) not in keys:
                 population.append(ind)
                 keys.add(rank_key(ind))

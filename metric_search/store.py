@@ -8,17 +8,19 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from evaluators.checkpoint import write_json_atomic
+from evaluators.checkpoint import check_writable, write_json_atomic
 
 from .config import LEGACY_DEFAULTS
 
 CONFIG, EVALUATIONS, CHECKPOINT = "config.json", "evaluations.jsonl", "checkpoint.json"
+LOCK = ".lock"  # held with flock while a process runs the search: the kernel drops it when that process dies
 HALL_OF_FAME, LOGBOOK = "hall_of_fame.csv", "logbook.csv"
 
 
@@ -50,16 +52,51 @@ class RunStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock = None
 
-    @classmethod
-    def create(cls, path, config: dict) -> "RunStore":
+    @staticmethod
+    def check_new(path) -> None:
+        """Refuse, before any work, a run directory that holds a run already or cannot be written."""
         path = Path(path)
         if (path / CONFIG).exists():
             raise RunError(f"{path} already holds a run; continue it with: metric-search resume {path}")
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} is a file, not a run directory")
+        check_writable(path)
+
+    @classmethod
+    def create(cls, path, config: dict) -> "RunStore":
+        """Make the run directory, hold it, and save its config (the set-up has succeeded by now)."""
+        cls.check_new(path)
+        path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path)
+        store.lock()
         write_json_atomic(path / CONFIG, config)
         return store
+
+    def lock(self) -> None:
+        """Hold the run for this process; a second process on the same run is refused in one line. The lock
+        is the kernel's (``flock``), so a killed process never leaves it stuck."""
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise RunError(f"{self.path} is in use by another process{f' (pid {holder})' if holder else ''}; "
+                           f"wait for it to end or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     @classmethod
     def open(cls, path) -> "RunStore":
@@ -82,14 +119,21 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def repair(self) -> None:
-        """Cut a last line left unfinished by a kill, so that later appends start on a fresh line."""
+    def repair(self) -> int:
+        """Cut a last line left unfinished by a kill or a power loss, so that later appends start on a fresh
+        line; returns how many bytes were dropped (that candidate is evaluated again)."""
         path = self.path / EVALUATIONS
-        if path.is_file():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with open(path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
+        if not path.is_file():
+            return 0
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return len(data) - keep
 
     def evaluations(self) -> list[dict]:
         """Every complete line; a line cut short by a kill is ignored (it is re-evaluated on resume)."""

@@ -19,15 +19,17 @@ from .registry import EPS, EXP_MAX, LEAVES, OPERATORS, Leaf, Operator, register_
 from .report import leaf_table, operator_table, simplify_report
 from .simplify import is_nonneg, simplify_tree
 from .sympy_bridge import from_sympy, leaf_symbol, to_sympy
+from .sympy_form import read_expression, read_sympy_form
 from .nodes import Node, default_pset, make_primitive_set, to_node
 from .trees import leaves_used, to_infix, to_latex, to_string, tree_height, tree_size
 
 __all__ = [
     "LEAVES", "register_leaf", "OPERATORS", "register_operator", "ExpressionError", "make_primitive_set",
-    "parse", "to_string", "to_sympy", "from_sympy", "compile_tree", "leaves_used", "from_pz_json",
+    "parse", "read_expression", "to_string", "to_sympy", "from_sympy", "compile_tree", "leaves_used", "from_pz_json",
     "to_pz_json", "simplify_tree", "canonical_key", "rank_key", "operator_table", "simplify_report",
     "tree_size", "tree_height",
     # extras
     "EPS", "EXP_MAX", "Leaf", "Operator", "CompiledTree", "Node", "default_pset", "to_infix", "to_latex",
     "to_node", "canonical_sympy", "strip_monotone", "is_nonneg", "leaf_symbol", "leaf_table",
+    "read_sympy_form",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .keys import canonical_key, rank_key
-from .parse import parse
+from .sympy_form import read_expression
 from .registry import LEAVES, OPERATORS
 from .simplify import simplify_tree
 from .trees import to_string
@@ -50,6 +50,6 @@ def simplify_report(expr: str) -> str:
     Raises:
         ExpressionError: If ``expr`` does not parse.
     """
-    tree = parse(expr)
+    tree = read_expression(expr)
     return "\n".join([f"tree: {to_string(tree)}", f"simplified: {to_string(simplify_tree(tree))}",
                       f"canonical: {canonical_key(tree)}", f"rank: {rank_key(tree)}"])

@@ -74,3 +74,21 @@ def test_console_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metric_search", "prune", "--sparsity", "2",
                            "--output", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("metric-search prune: error:")
+
+
+def test_sigterm_while_saving_leaves_no_checkpoint(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import transformers
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained",
+                        lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "work"
+    out.mkdir()
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(["prune", "--model", str(tiny_checkpoint), "--method", "magnitude",
+                 "--output", str(out / "pruned")]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "metric-search prune: interrupted"
+    assert list(out.iterdir()) == []  # neither the checkpoint nor its temporary sibling
+    assert signal.getsignal(signal.SIGTERM) == previous  # the CLI put the previous handler back

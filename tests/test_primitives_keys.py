@@ -247,3 +247,27 @@ def test_user_leaf(scratch_registry):
     assert torch.allclose(P.compile_tree(tree, pset)(W, X, G, G), W.abs() * G)
     assert P.to_string(P.simplify_tree("abs(Rt)")) == "Rt"
     assert P.canonical_key("mul(Rt, W)") == P.canonical_key("mul(W, Rt)")
+
+
+def test_printed_keys_read_back_to_the_same_key():
+    """``simplify`` and ``--metric`` accept the SymPy form the tool prints (through no ``eval``)."""
+    pset = P.default_pset()
+    random.seed(0)
+    read = 0
+    for _ in range(300):
+        tree = gp.PrimitiveTree(gp.genHalfAndHalf(pset, 1, 4))
+        key = P.canonical_key(tree)
+        assert P.canonical_key(P.read_expression(key)) == key, key
+        read += 1
+    assert read == 300
+    assert P.to_string(P.read_expression("W**2*X")) == "mul(X, sqr(W))"
+    assert P.to_string(P.read_expression("mul(abs(W), X)")) == "mul(abs(W), X)"  # the registry grammar first
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("W**2*Q", "unknown name 'Q'"), ("Abs(W, X)", "Abs"), ("W**", "unexpected"), ("__import__('os')", "unexpected character"),
+    ("W**2 X", "unexpected 'X'"),
+])
+def test_bad_sympy_form_is_an_expression_error(text, needle):
+    with pytest.raises(P.ExpressionError, match=needle):
+        P.read_expression(text)

@@ -1,4 +1,5 @@
-"""The GP search on the tiny random Llama: run files, caches, failures, resume after kill -9, configs."""
+"""The GP search on the tiny random Llama: run files, caches, failures, resume after kill -9, SIGTERM and a torn
+last line, one process per run, configs."""
 import json
 import os
 import random
@@ -87,26 +88,42 @@ def _cli(*args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
-@pytest.mark.parametrize("extra", [[], ["racing=true", "fitness_windows=4", "proxies=true"]],
-                         ids=["full", "racing"])
-def test_kill_9_then_resume_matches_uninterrupted_run(problem, tmp_path, extra):
+@pytest.mark.parametrize("extra,stop,torn", [
+    ([], signal.SIGKILL, True),
+    (["racing=true", "fitness_windows=4", "proxies=true"], signal.SIGKILL, False),
+    ([], signal.SIGTERM, False),
+], ids=["kill-9, torn last line, second process", "kill-9, racing", "SIGTERM"])
+def test_stopped_run_resumes_to_the_uninterrupted_result(problem, tmp_path, extra, stop, torn):
     overrides = problem + ["iterations=14"] + extra
     reference = _cli("search", "--run-dir", str(tmp_path / "ref"), *overrides)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
     victim = _cli("search", "--run-dir", str(tmp_path / "run"), *overrides)
     evaluations = tmp_path / "run" / "evaluations.jsonl"
-    target = random.Random(7).randint(6, 14)  # kill after a random number of finished evaluations
+    target = random.Random(7).randint(6, 14)  # stop after a random number of finished evaluations
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         if evaluations.exists() and evaluations.read_text().count("\n") >= target:
             break
         time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    assert victim.poll() is None, "the run ended before it could be stopped"
+    if torn:  # a second process on the same run is refused while the first holds it (paused meanwhile)
+        victim.send_signal(signal.SIGSTOP)
+        second = _cli("resume", str(tmp_path / "run"))
+        assert second.wait(timeout=120) == 2
+        assert "in use by another process" in second.stderr.read().decode()
+    victim.send_signal(stop)
+    assert victim.wait(timeout=120) == (143 if stop == signal.SIGTERM else -signal.SIGKILL)
+    if stop == signal.SIGTERM:
+        said = victim.stderr.read().decode()
+        assert "interrupted; continue with: metric-search resume" in said and "Traceback" not in said, said
     finished = RunStore.open(tmp_path / "run").evaluations()
+    if torn:  # what a kill in the middle of a write leaves
+        with open(evaluations, "a") as f:
+            f.write('{"rank_key": "mul(W, X)", "fitness": 12.')
     resumed = _cli("resume", str(tmp_path / "run"))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    if torn:
+        assert "dropped the torn last line" in resumed.stderr.read().decode()
     after = RunStore.open(tmp_path / "run").evaluations()
     keys = [r["rank_key"] for r in after]
     assert len(keys) == len(set(keys))  # no finished evaluation repeated
@@ -165,3 +182,24 @@ def test_paired_difference_of_window_nlls():
     mean, se = paired_difference(reference + torch.tensor([0.1, 0.3, 0.1, 0.3], dtype=torch.float64), reference)
     assert mean == pytest.approx(0.2)
     assert se == pytest.approx(torch.tensor([0.1, 0.3, 0.1, 0.3]).std().item() / 2)  # window difficulty cancels
+
+
+def test_sigterm_during_the_final_test_evaluation_resumes_to_the_same_result(problem, tmp_path, monkeypatch, capsys):
+    from metric_search import search as search_module
+    from metric_search.cli import main
+
+    MetricSearch(load_config(None, problem), progress=False).fit(tmp_path / "ref")
+    measure = search_module.test_perplexities
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "test_perplexities", stopped)
+    assert main(["search", "--run-dir", str(tmp_path / "run"), *problem]) == 143
+    assert "interrupted; continue with: metric-search resume" in capsys.readouterr().err
+    monkeypatch.setattr(search_module, "test_perplexities", measure)
+    assert main(["resume", str(tmp_path / "run")]) == 0
+    table = lambda d: RunStore.open(d).read_table("hall_of_fame.csv")
+    assert table(tmp_path / "run") == table(tmp_path / "ref")
+    assert any(row["test_perplexity"] for row in table(tmp_path / "run"))

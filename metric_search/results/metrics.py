@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evaluators import Pruner, SymbolicPruner, get_pruner
 from evaluators.methods import BASELINES
-from primitives import ExpressionError, from_pz_json, parse
+from primitives import ExpressionError, from_pz_json, read_expression
 
 from ..store import CONFIG, EVALUATIONS, HALL_OF_FAME, RunStore
 
@@ -190,7 +190,7 @@ def resolve(ref: str) -> tuple[str, object, dict]:
         expression, info = _from_file(path)
         return "symbolic", expression, {**info, "source": text}
     try:
-        return "symbolic", parse(text), {"source": "expression"}
+        return "symbolic", read_expression(text), {"source": "expression"}
     except ExpressionError as err:
         if text.endswith(".json") or ("/" in text and "(" not in text):
             raise MetricError(f"no metric file or run directory {text}") from None
