@@ -203,3 +203,15 @@ def test_sigterm_during_the_final_test_evaluation_resumes_to_the_same_result(pro
     table = lambda d: RunStore.open(d).read_table("hall_of_fame.csv")
     assert table(tmp_path / "run") == table(tmp_path / "ref")
     assert any(row["test_perplexity"] for row in table(tmp_path / "run"))
+
+
+def test_resume_of_a_run_saved_before_newer_keys_existed(problem, tmp_path):
+    MetricSearch(load_config(None, problem + ["iterations=2"]), progress=False).fit(tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    for key in ("device", "dtype", "mask_fingerprint", "race_chunk"):
+        del saved[key]
+    path.write_text(json.dumps(saved))
+    search = MetricSearch.resume(tmp_path / "run", ["iterations=3"], progress=False)
+    assert int(search.logbook_[-1]["iteration"]) == 3
+    assert json.loads(path.read_text())["mask_fingerprint"] == "host"  # what such a run was made with
