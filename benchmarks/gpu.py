@@ -9,8 +9,8 @@ else its shape). Windows are random token ids, ``--windows`` × ``--seqlen``. Fo
 prints: X and G statistics seconds; the dense forward of the windows (batched as the evaluator batches
 them); one fitness evaluation of Wanda's score (the search's path: float32 scores, masks, on-device
 fingerprint, masked forward, restore from a dense copy where memory allows) and its parts; the
-evaluation/forward ratio; the peak GPU memory of the statistics and of the evaluator; and candidates per minute of a short ``search``
-(steady state, racing off) on that evaluator. Without CUDA (and without ``--device cpu``) it says so and
+evaluation/forward ratio; the peak GPU memory of the statistics and of the evaluator; and candidates per
+minute of a short ``search`` (steady state, racing off) on that evaluator. Without CUDA (and without ``--device cpu``) it says so and
 exits 0.
 """
 from __future__ import annotations

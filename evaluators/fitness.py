@@ -42,7 +42,7 @@ from primitives import compile_tree, parse
 
 from .devices import room_for_copy, to_host
 from .fingerprint import default_scheme, mask_fingerprint
-from .masks import Structure, make_mask, selection, ties_by_index
+from .masks import Structure, make_mask, pruned_per_row, selection, ties_by_index
 from .models import prunable_linears
 from .perplexity import window_nlls
 
@@ -198,12 +198,12 @@ class FitnessEvaluator:
                 masks[name], thresholds[name], settled = selection(scores, self.sparsity)
             else:
                 masks[name], settled = make_mask(scores, self.sparsity, self.structure), torch.ones_like(unusable)
-            flags.append(torch.stack([unusable, ~settled.to(unusable.device)]))
+            flags.append(torch.stack([unusable, ~settled]))
         read = dict(zip(self.linears, to_host(flags)))
         for name in (name for name, (unusable, _) in read.items() if unusable):
             self.layer_scores(fn, name)  # raises, with the reason
         for name in (name for name, (_, tied) in read.items() if tied):
-            k = int(self.linears[name].weight.shape[-1] * self.sparsity)
+            k = pruned_per_row(self.linears[name].weight.shape[-1], self.sparsity)
             masks[name] = ties_by_index(self._unchecked_scores(fn, name), thresholds[name], k)
         return masks
 

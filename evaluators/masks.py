@@ -91,6 +91,11 @@ def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k, dim=-1, largest=False, sorted=False).values.amax(-1, keepdim=True)
 
 
+def pruned_per_row(width: int, sparsity: float) -> int:
+    """How many of a row's ``width`` weights unstructured pruning at ``sparsity`` zeroes: ``floor(width · s)``."""
+    return int(width * check_sparsity(sparsity))
+
+
 def ties_by_index(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
     """The exact mask of the ``k`` lowest entries per row given each row's k-th smallest value ``kth``.
 
@@ -111,10 +116,11 @@ def selection(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, torc
     ``ties_by_index(scores, kth, k)`` is. Nothing is read back to the host, so a caller can settle many
     layers with one synchronisation.
     """
-    k = int(scores.shape[-1] * check_sparsity(sparsity))
+    k = pruned_per_row(scores.shape[-1], sparsity)
     if k == 0:
         empty = torch.zeros_like(scores, dtype=torch.bool)
-        return empty, torch.full_like(scores[..., :1], -math.inf), torch.ones((), dtype=torch.bool)
+        return empty, torch.full_like(scores[..., :1], -math.inf), torch.ones((), dtype=torch.bool,
+                                                                             device=scores.device)
     kth = _kth_smallest(scores, k).to(scores.device)
     mask = scores <= kth
     return mask, kth, (mask.sum(-1, dtype=torch.int32) == k).all()
@@ -123,7 +129,7 @@ def selection(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, torc
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row (ties: lowest index first)."""
     mask, kth, settled = selection(scores, sparsity)
-    return mask if settled else ties_by_index(scores, kth, int(scores.shape[-1] * sparsity))
+    return mask if settled else ties_by_index(scores, kth, pruned_per_row(scores.shape[-1], sparsity))
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

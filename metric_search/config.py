@@ -166,8 +166,8 @@ def keys_playing(part_name: str) -> tuple[str, ...]:
 PROBLEM_KEYS, RIVAL_KEYS, RACE_KEYS, GATE_KEYS, COMPARED_KEYS = (keys_playing(p) for p in PARTS)
 # A run saved before a key existed behaved as its declared ``legacy`` value says, else as today's default (a
 # key added without one, such as ``device``, kept the old behaviour by default).
-LEGACY_DEFAULTS = {f.name: f.metadata.get("legacy", getattr(SearchConfig(), f.name))
-                   for f in dataclasses.fields(SearchConfig)}
+LEGACY_DEFAULTS = {**SearchConfig().to_dict(),
+                   **{f.name: f.metadata["legacy"] for f in dataclasses.fields(SearchConfig) if "legacy" in f.metadata}}
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
 TYPES = typing.get_type_hints(SearchConfig)

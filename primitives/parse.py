@@ -22,7 +22,7 @@ from .registry import LEAVES, OPERATORS
 from .nodes import Node, default_pset, from_node
 
 _TOKEN = re.compile(r"(?P<ws>\s+)|(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)"
-                    r"|(?P<punct>[(),+\-*/])")
+                    r"|(?P<punct>\*\*|[(),+\-*/])")  # ``**`` only in SymPy's printed form (sympy_form.py)
 
 
 def _tokenize(expr: str) -> list[tuple[str, str, int]]:

@@ -22,13 +22,9 @@ from deap import gp
 
 from .errors import ExpressionError
 from .ops_sympy import fro
-from .parse import parse
+from .parse import _error, _tokenize, parse
 from .registry import LEAVES
 from .sympy_bridge import from_sympy, function_map, leaf_symbol
-
-_TOKEN = re.compile(r"(?P<ws>\s+)|(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)"
-                    r"|(?P<punct>\*\*|[(),+\-*/])")
-
 
 _SYMPY_ONLY = re.compile(r"\*\*|\b(Abs|fro)\s*\(")
 
@@ -40,20 +36,11 @@ def _functions() -> dict:
 
 class _SympyReader:
     def __init__(self, text: str):
-        self.text, self.pos, self.tokens = text, 0, []
-        while self.pos < len(text):
-            m = _TOKEN.match(text, self.pos)
-            if m is None:
-                raise self.fail(f"unexpected character {text[self.pos]!r}", self.pos)
-            if m.lastgroup != "ws":
-                self.tokens.append((m.lastgroup, m.group(), self.pos))
-            self.pos = m.end()
-        self.tokens.append(("end", "", len(text)))
-        self.i = 0
+        self.text, self.tokens, self.i = text, _tokenize(text), 0
         self.functions = _functions()
 
     def fail(self, message: str, pos: int) -> ExpressionError:
-        return ExpressionError(f"{message} at position {pos} in {self.text!r}", pos)
+        return _error(self.text, message, pos)
 
     def peek(self) -> tuple[str, str, int]:
         return self.tokens[self.i]
