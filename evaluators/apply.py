@@ -62,7 +62,7 @@ def checked_scores(pruner, weight: torch.Tensor, stats: dict, name: str) -> torc
 @torch.no_grad()
 def _mask_layer(pruner, name, linear, stats, sparsity, structure) -> float:
     weight = linear.weight.data
-    mask = make_mask(checked_scores(pruner, weight, stats, name), sparsity, structure)
+    mask = make_mask(checked_scores(pruner, weight, stats, name), sparsity, structure, pruner.group)
     weight[mask] = 0
     return (weight == 0).float().mean().item()
 

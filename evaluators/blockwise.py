@@ -143,6 +143,6 @@ def mask_block(step: BlockStep, pruner, weights: dict[str, torch.Tensor] | None 
         for n, linear in step.linears.items():
             w = linear.weight.data if weights is None else weights[n]
             masks[n] = make_mask(checked_scores(pruner, w, step.stats[n], f"{step.prefix}.{n}"),
-                                 step.sparsity, step.structure)
+                                 step.sparsity, step.structure, pruner.group)
             linear.weight.data.copy_(w.masked_fill(masks[n], 0))
     return masks

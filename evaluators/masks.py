@@ -1,7 +1,8 @@
 """Pruning masks from scores. ``True`` marks a weight to zero.
 
-Both masks zero the lowest scores within a comparison group — a row (Wanda's per-output grouping) or
-a group of M consecutive inputs of a row (N:M). Ties are broken deterministically by a stable sort:
+Every mask zeroes the lowest scores within a comparison group — a row (Wanda's per-output grouping, the
+default), the whole layer (magnitude pruning as its references run it), or a group of M consecutive inputs
+of a row (N:M). Ties are broken deterministically by a stable sort:
 among equal scores, the lower input index is pruned first. NaN scores sort as the largest value
 (``torch.sort`` puts them last), but callers should reject non-finite scores before masking.
 """
@@ -126,8 +127,16 @@ def selection(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, torc
     return mask, kth, (mask.sum(-1, dtype=torch.int32) == k).all()
 
 
-def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row (ties: lowest index first)."""
+GROUPS = ("row", "layer")
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
+    """Zero exactly ``floor(in · sparsity)`` lowest-scoring weights in every row (ties: lowest index first);
+    with ``group="layer"``, exactly ``floor(numel · sparsity)`` over the whole matrix (ties: lowest flat index)."""
+    if group not in GROUPS:
+        raise MaskError(f"comparison group must be one of {', '.join(GROUPS)}, got {group!r}")
+    if group == "layer":
+        return unstructured_mask(scores.reshape(1, -1), sparsity).reshape(scores.shape)
     mask, kth, settled = selection(scores, sparsity)
     return mask if settled else ties_by_index(scores, kth, pruned_per_row(scores.shape[-1], sparsity))
 
@@ -140,7 +149,9 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return _lowest(scores.reshape(out, inp // m, m), n).reshape(out, inp)
 
 
-def make_mask(scores: torch.Tensor, sparsity: float, structure: Structure) -> torch.Tensor:
+def make_mask(scores: torch.Tensor, sparsity: float, structure: Structure, group: str = "row") -> torch.Tensor:
+    """The mask of ``structure``; ``group`` ("row" or "layer") is the comparison group of unstructured pruning
+    (N:M groups are always within a row)."""
     if structure.unstructured:
-        return unstructured_mask(scores, sparsity)
+        return unstructured_mask(scores, sparsity, group)
     return nm_mask(scores, structure.n, structure.m)

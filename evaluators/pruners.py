@@ -17,7 +17,7 @@ import torch
 
 from .apply import Calibration, PruneReport, prune_model
 from .blockwise import BlockStep, mask_block, prune_blockwise
-from .masks import Structure
+from .masks import GROUPS, Structure
 
 
 class Pruner:
@@ -26,6 +26,7 @@ class Pruner:
     name: str = "pruner"
     needs: tuple[str, ...] = ()
     grad_norm: str = "l2"
+    group: str = "row"  # comparison group of unstructured masks: "row" (Wanda's) or "layer" (masks.GROUPS)
     sequential_batch = 8  # calibration windows per forward when it runs block-sequentially
 
     def score(self, W: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -50,13 +51,23 @@ class Pruner:
         return {"name": self.name, "needs": list(self.needs)}
 
 
+@dataclass
 class Magnitude(Pruner):
-    """|W| (Han et al., 2015)."""
+    """|W| (Han et al., 2015), compared over the whole layer as in the reference code (Wanda's and
+    GBLM-Pruner's ``prune_magnitude``); ``group="row"`` compares within each row instead."""
 
-    name = "magnitude"
+    group: str = "layer"
+    name: str = "magnitude"
+
+    def __post_init__(self):
+        if self.group not in GROUPS:
+            raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {self.group!r}")
 
     def score(self, W, stats):
         return W.abs()
+
+    def describe(self):
+        return {**super().describe(), "group": self.group}
 
 
 class Wanda(Pruner):
@@ -69,18 +80,29 @@ class Wanda(Pruner):
         return W.abs() * stats["X"]
 
 
+GBLM_REFERENCE_ALPHA = 100.0
+
+
 @dataclass
 class GBLM(Pruner):
-    """|W| · ‖X‖ + α · |W| · G (Das et al., 2023); ``grad_norm`` is ``l2`` (default) or ``l1``."""
+    """|W| · ‖X‖ + α · |W| · G (Das et al., 2023); ``grad_norm`` is ``l2`` (default) or ``l1``.
+
+    α = 100 by default: the reference code (``gradient_computation.py``, ``--scale 100``) stores
+    ``100 · sqrt(Σ g²)`` (l1: ``Σ |100 g|``) and adds it unweighted, and our ``G`` is ``sqrt(Σ g²)``, so
+    α = 100 on our ``G`` is the authors' score. ``alpha=1`` (an option: ``--gblm-alpha 1``) weights the
+    gradient term so little that GBLM then ranks almost exactly like Wanda.
+    """
 
     grad_norm: str = "l2"
-    alpha: float = 1.0
+    alpha: float = GBLM_REFERENCE_ALPHA
     name: str = "gblm"
     needs: tuple[str, ...] = ("X", "G")
 
     def __post_init__(self):
         if self.grad_norm not in ("l1", "l2"):
             raise ValueError(f"grad_norm must be l1 or l2, got {self.grad_norm!r}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be ≥ 0, got {self.alpha!r}")
 
     def score(self, W, stats):
         return W.abs() * stats["X"] + self.alpha * W.abs() * stats["G"]

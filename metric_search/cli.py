@@ -35,11 +35,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("calibration")
-    g.add_argument("--calib-data", default="wikitext2", help="wikitext2 | c4 | text:PATH (default: wikitext2)")
-    g.add_argument("--nsamples", type=int, default=16, help="calibration windows (default: 16)")
-    g.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default: 512)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampler (default: 0)")
+    g = p.add_argument_group("calibration (a preset, then any flag given overrides its value)")
+    g.add_argument("--calib-preset", default=None, help="default (wikitext2, 16 × 512, seed 0) | reference (the "
+                                                        "reference code's protocol: c4, 128 × 2048, seed 0)")
+    g.add_argument("--calib-data", default=None, help="wikitext2 | c4 | c4:PATH (a local shard) | text:PATH")
+    g.add_argument("--nsamples", type=int, default=None, help="calibration windows")
+    g.add_argument("--calib-seqlen", type=int, default=None, help="tokens per calibration window")
+    g.add_argument("--seed", type=int, default=None, help="seed of the calibration window sampler")
     g.add_argument("--data-dir", default=None, help="folder holding wikitext-2/ (default: $METRIC_SEARCH_DATA)")
     g.add_argument("--no-cache", action="store_true", help="recompute statistics instead of using the cache")
 
@@ -72,14 +74,15 @@ def build_pruner(args):
     score = load_metric(args.score, grad_norm=args.grad_norm) if getattr(args, "score", None) else None
     if getattr(args, "metric", None):
         return load_metric(args.metric, grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
-    return get_pruner(args.method or "wanda", grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
+    return get_pruner(args.method or "wanda", grad_norm=args.grad_norm, ro=not args.no_ro, score=score,
+                      alpha=args.gblm_alpha, group=args.magnitude_group)
 
 
 def cmd_prune(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
     from evaluators.checkpoint import check_writable
-    from evaluators.data import check_source
+    from evaluators.data import calibration_split, check_source, resolve_calibration
     from evaluators.devices import dtype_name
     from evaluators.masks import resolve_sparsity
     from evaluators.models import check_model_spec
@@ -87,8 +90,12 @@ def cmd_prune(args) -> int:
     sparsity, structure = resolve_sparsity(args.sparsity, args.structure)
     if args.metric and args.method:
         raise UsageError("give either --method or --metric, not both")
-    if args.nsamples < 1 or args.calib_seqlen < 2:
+    calib = resolve_calibration(args.calib_preset, source=args.calib_data, n=args.nsamples,
+                                seqlen=args.calib_seqlen, seed=args.seed)
+    if calib["n"] < 1 or calib["seqlen"] < 2:
         raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
+    if args.gblm_alpha is not None and not args.gblm_alpha >= 0:
+        raise UsageError(f"--gblm-alpha must be ≥ 0, got {args.gblm_alpha}")
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output {out} already exists and is not an empty directory")
@@ -99,16 +106,17 @@ def cmd_prune(args) -> int:
     check_model_spec(args.model)
     calibrated = bool(pruner.needs) or args.sequential
     if calibrated:
-        check_source(args.calib_data, "valid", args.data_dir)
+        check_source(calib["source"], calibration_split(calib["source"]), args.data_dir)
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, device, dtype)
     calibration = None
     if calibrated:
-        windows, spec = calibration_windows(tokenizer, args.calib_data, args.nsamples, args.calib_seqlen,
-                                            args.seed, args.data_dir)
+        windows, spec = calibration_windows(tokenizer, calib["source"], calib["n"], calib["seqlen"],
+                                            calib["seed"], args.data_dir)
         calibration = Calibration(windows, spec.describe(), use_cache=not args.no_cache)
     report = pruner.prune(model, calibration, sparsity, structure, sequential=args.sequential)
     recipe = {"model": args.model, "device": device, "dtype": dtype_name(dtype), "pruner": pruner.describe(),
+              "calibration_preset": (args.calib_preset or "default") if calibrated else None,
               **report.to_dict(),
               "seconds_total": time.perf_counter() - t0}
     save_pruned(model, tokenizer, out, recipe)
@@ -246,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true", help="prune block by block (Wanda's protocol)")
     p.add_argument("--grad-norm", choices=("l1", "l2"), default=None,
                    help="gradient norm of G (default: l2, or the one a --metric run was searched with)")
+    p.add_argument("--gblm-alpha", type=float, default=None,
+                   help="gblm: weight of the gradient term on G (default: 100, the reference code's scale; 1: the "
+                        "unscaled sum, which ranks almost like wanda)")
+    p.add_argument("--magnitude-group", choices=("layer", "row"), default=None,
+                   help="magnitude: compare |W| over the whole layer (default, as the reference code) or per row")
     p.add_argument("--no-ro", action="store_true", help="wanda++: regional gradient score only, no regional optimisation")
     p.add_argument("--score", default=None, help="besa: metric giving the within-row ranking, any --metric "
                                                  "reference (default: wanda)")

@@ -27,7 +27,7 @@ from deap import algorithms
 from tqdm.auto import tqdm
 
 from evaluators.checkpoint import versions
-from evaluators.data import check_source
+from evaluators.data import calibration_split, check_source
 from evaluators.fitness import EvaluationRequest, Race
 from evaluators.models import check_model_spec
 from primitives import ExpressionError, parse, rank_key, simplify_tree, to_string
@@ -125,7 +125,8 @@ class MetricSearch:
                 raise ConfigError(f"seed_metrics: {seed!r} is neither a known metric ({', '.join(KNOWN_METRICS)}) "
                                   f"nor an expression over this search's operators and leaves: {err}") from None
         check_model_spec(cfg.model)
-        check_source(cfg.data, "valid", cfg.data_dir or None)  # calibration and fitness windows
+        for split in {calibration_split(cfg.data), "valid"}:  # calibration and fitness windows
+            check_source(cfg.data, split, cfg.data_dir or None)
         if cfg.test_top_k:
             check_source(cfg.data, "test", cfg.data_dir or None)
         self.spec = problem(cfg.to_dict())

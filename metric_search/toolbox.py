@@ -18,7 +18,7 @@ from primitives import make_primitive_set
 KNOWN_METRICS = {
     "magnitude": "abs(W)",
     "wanda": "mul(abs(W), X)",
-    "gblm": "add(mul(abs(W), X), mul(abs(W), G))",
+    "gblm": "add(mul(abs(W), X), mul(100, mul(abs(W), G)))",  # α = 100: evaluators.pruners.GBLM
     "pruner-zero": "mul(abs(mul(W, W)), mms(G))",
 }
 

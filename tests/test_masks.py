@@ -81,3 +81,13 @@ def test_fast_masks_equal_stable_sort(k, dtype):
         mask, kth, settled = selection(scores, k / 32)
         assert torch.equal(ties_by_index(scores, kth, k), expected)
         assert bool(settled) == torch.equal(mask, expected)
+
+
+def test_layer_group_prunes_lowest_over_the_matrix_with_flat_index_ties():
+    scores = torch.tensor([[3.0, 1.0, 1.0, 5.0], [1.0, 0.5, 7.0, 1.0]])
+    mask = unstructured_mask(scores, 0.5, group="layer")
+    # floor(8 · 0.5) = 4: 0.5 and the first three 1.0s by flat index; the fourth 1.0 (flat index 7) stays
+    assert mask.tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert make_mask(scores, 0.5, parse_structure(None), "layer").equal(mask)
+    with pytest.raises(MaskError, match="group"):
+        unstructured_mask(scores, 0.5, group="column")

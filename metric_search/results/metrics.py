@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from evaluators import Pruner, SymbolicPruner, get_pruner
+from evaluators.data import calibration_split
 from evaluators.methods import BASELINES
 from primitives import ExpressionError, from_pz_json, read_expression
 
@@ -93,13 +94,14 @@ def parse_index(index: str | int, where: str = "") -> int:
 
 def run_protocol(config: dict, final: dict | None = None) -> dict:
     """How a run measured fitness (and, if known, the reported test perplexity), from its saved config."""
-    calib_split = "train" if config.get("data") == "c4" else "valid"
+    calib_split = calibration_split(config.get("data") or "wikitext2")
     out = {
         "fitness": {"metric": "perplexity (exp of mean token NLL; lower is better)", "model": config.get("model"),
                     "sparsity": config.get("sparsity"), "structure": config.get("structure"), "mode": "one-shot",
                     "data": config.get("data"), "split": "valid", "region": "fitness",
                     "windows": config.get("fitness_windows"), "seqlen": config.get("fitness_seqlen")},
-        "calibration": {"data": config.get("data"), "split": calib_split, "region": "calibration",
+        "calibration": {"data": config.get("data"), "split": calib_split,
+                        "region": "documents" if calib_split == "train" else "calibration",
                         "nsamples": config.get("nsamples"), "seqlen": config.get("calib_seqlen"),
                         "seed": config.get("seed"), "grad_norm": config.get("grad_norm", "l2")},
     }
