@@ -32,11 +32,11 @@ from evaluators.pruners import BlockwisePruner
 
 METHODS = {"magnitude": Magnitude(), "magnitude (per row)": Magnitude(group="row"), "wanda": Wanda(),
            "gblm (l1)": GBLM(grad_norm="l1"), "gblm (l2)": GBLM(grad_norm="l2"),
-           "gblm (l1, α=1)": GBLM(grad_norm="l1", alpha=1.0), "gblm (l2, α=1)": GBLM(grad_norm="l2", alpha=1.0),
+           "gblm (l1) α=1": GBLM(grad_norm="l1", alpha=1.0), "gblm (l2) α=1": GBLM(grad_norm="l2", alpha=1.0),
            "pruner-zero": PrunerZero(),
            "wanda++ (rgs)": wanda_plus_plus(ro=False), "wanda++ (rgs+ro)": wanda_plus_plus(),
            "sparsegpt": SparseGPT(), "besa (wanda)": BESA(score=Wanda())}
-DEFAULT_METHODS = ("magnitude", "magnitude (per row)", "wanda", "gblm (l1)", "gblm (l2)", "gblm (l2, α=1)",
+DEFAULT_METHODS = ("magnitude", "magnitude (per row)", "wanda", "gblm (l1)", "gblm (l2)", "gblm (l2) α=1",
                    "pruner-zero")
 STRUCTURES = ("unstructured", "2:4", "4:8")
 

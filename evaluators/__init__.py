@@ -7,7 +7,7 @@ from .masks import MaskError, Structure, make_mask, nm_mask, parse_structure, un
 from .models import (ModelError, ModelLayout, block_linears, decoder_blocks, layout, load_model,
                      model_fingerprint, prunable_linears)
 from .perplexity import PerplexityResult, perplexity, window_nlls
-from .pruners import GBLM, BlockwisePruner, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda
+from .pruners import GBLM, RIA, BlockwisePruner, Magnitude, Pruner, PrunerZero, ScoreFunction, Wanda
 from .stats import compute_statistics, regional_gradient_norms, regional_gradients
 from .blockwise import block_outputs, prune_blockwise
 from .besa import BESA

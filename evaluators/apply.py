@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .allocation import Allocation, block_sparsity, target_sparsity
 from .masks import Structure, make_mask, resolve_sparsity
 from .models import layout
 from .stats import compute_statistics
@@ -41,6 +42,7 @@ class PruneReport:
     overall_sparsity: float
     statistics: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    allocation: dict | None = None  # a layer-wise allocation's description (allocation.Allocation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,11 +69,14 @@ def _mask_layer(pruner, name, linear, stats, sparsity, structure) -> float:
     return (weight == 0).float().mean().item()
 
 
-def prune_model(model, pruner, calibration: Calibration | None, sparsity: float, structure: Structure,
-                progress: bool = True) -> PruneReport:
+def prune_model(model, pruner, calibration: Calibration | None, sparsity: float | Allocation,
+                structure: Structure, progress: bool = True) -> PruneReport:
     """One-shot: score every prunable Linear from the dense model's statistics, zero the lowest scores in
-    place and report what was done (sequential pruning goes through ``blockwise.prune_blockwise``)."""
-    sparsity, structure = resolve_sparsity(sparsity if structure.unstructured else None, structure)  # N:M decides
+    place and report what was done (sequential pruning goes through ``blockwise.prune_blockwise``).
+    ``sparsity`` is one target or a per-block ``Allocation``."""
+    allocation = sparsity if isinstance(sparsity, Allocation) else None
+    target = target_sparsity(sparsity)
+    target, structure = resolve_sparsity(target if structure.unstructured else None, structure)  # N:M decides
     needs = tuple(pruner.needs)
     if needs and calibration is None:
         raise ValueError(f"{pruner.name} needs calibration statistics {needs}")
@@ -86,12 +91,14 @@ def prune_model(model, pruner, calibration: Calibration | None, sparsity: float,
     for i, block in enumerate(tqdm(parts.blocks, desc=f"pruning ({pruner.name})", disable=not progress)):
         for local, linear in parts.block_linears[i].items():
             name = parts.name(i, local)
-            layer_sparsity[name] = _mask_layer(pruner, name, linear, stats.get(name, {}), sparsity, structure)
+            layer_sparsity[name] = _mask_layer(pruner, name, linear, stats.get(name, {}),
+                                               block_sparsity(allocation or target, i), structure)
     sizes = {name: linear.weight.numel() for name, linear in parts.linears.items()}
     zeros = sum(layer_sparsity[name] * size for name, size in sizes.items())
     return PruneReport(
-        method=pruner.name, sparsity=sparsity, structure=str(structure), sequential=False,
+        method=pruner.name, sparsity=target, structure=str(structure), sequential=False,
         layer_sparsity=layer_sparsity, overall_sparsity=zeros / sum(sizes.values()),
         statistics={**info, "needs": list(needs)},
         seconds={"statistics": t_stats, "scoring_and_masking": time.perf_counter() - t0 - t_stats},
+        allocation=allocation.describe() if allocation else None,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .allocation import Allocation, block_sparsity, target_sparsity
 from .apply import Calibration, PruneReport, checked_scores
 from .masks import Structure, make_mask, resolve_sparsity
 from .models import layout
@@ -64,8 +65,8 @@ class BlockStep:
     info: dict = field(default_factory=dict)  # per-block facts the method wants in the report
 
 
-def prune_blockwise(model, method, calibration: Calibration | None, sparsity: float, structure: Structure,
-                    progress: bool = True) -> PruneReport:
+def prune_blockwise(model, method, calibration: Calibration | None, sparsity: float | Allocation,
+                    structure: Structure, progress: bool = True) -> PruneReport:
     """Prune every decoder block in order with ``method.prune_block(step)`` (always block-sequential).
 
     ``method`` has ``name``, ``needs`` (leaves its score uses, plus ``"Y"`` for dense block outputs and
@@ -75,7 +76,9 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
     """
     if calibration is None:
         raise ValueError(f"{method.name} works block by block on calibration windows; pass a Calibration")
-    sparsity, structure = resolve_sparsity(sparsity if structure.unstructured else None, structure)  # N:M decides
+    allocation = sparsity if isinstance(sparsity, Allocation) else None
+    target = target_sparsity(sparsity)
+    target, structure = resolve_sparsity(target if structure.unstructured else None, structure)  # N:M decides
     needs = tuple(method.needs)
     grad_norm = getattr(method, "grad_norm", "l2")
     t0 = time.perf_counter()
@@ -111,7 +114,7 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
                 entry["H"] = hsums[n] * (2.0 / n_windows)  # SparseGPT's scale; only its condition matters
         step = BlockStep(i, f"{parts.prefix}.{i}", block, linears, inputs,
                          {n: local[parts.name(i, n)] for n in linears},
-                         targets if want["Y"] else None, sparsity, structure)
+                         targets if want["Y"] else None, block_sparsity(allocation or target, i), structure)
         s1 = time.perf_counter()
         method.prune_block(step)
         s2 = time.perf_counter()
@@ -128,9 +131,10 @@ def prune_blockwise(model, method, calibration: Calibration | None, sparsity: fl
     if per_block:
         statistics["blocks"] = per_block
     seconds["total"] = time.perf_counter() - t0
-    return PruneReport(method=method.name, sparsity=sparsity, structure=str(structure), sequential=True,
+    return PruneReport(method=method.name, sparsity=target, structure=str(structure), sequential=True,
                        layer_sparsity=layer_sparsity, overall_sparsity=zeros / sum(sizes.values()),
-                       statistics=statistics, seconds=seconds)
+                       statistics=statistics, seconds=seconds,
+                       allocation=allocation.describe() if allocation else None)
 
 
 def mask_block(step: BlockStep, pruner, weights: dict[str, torch.Tensor] | None = None) -> dict:

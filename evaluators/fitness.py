@@ -1,5 +1,12 @@
 """Fitness of a score function: perplexity of the model pruned by it, on the fitness windows.
 
+The per-window loss is the mean next-token NLL (``loss="nll"``; fitness = perplexity) or the mean token KL
+divergence from the dense model's next-token distribution (``loss="kl"``; fitness = exp of the mean KL, 1 for
+the dense model, so that everything that combines windows as ``exp(mean per-window loss)`` — racing,
+successive halving, the caches — works unchanged). The dense log-probabilities on the fitness windows are
+computed once per evaluator and held in float16 on the logits' device: ``windows × (seqlen − 1) × vocab × 2``
+bytes (16 × 512 on SmolLM2's 49,152-token vocabulary: 0.8 GB).
+
 One evaluation is: score every layer (in float32, one layer at a time) → mask → fingerprint the masks
 (``fingerprint.py``) → (cache hit? done) → zero the masked weights → forward the fitness windows → restore
 the dense weights. Nothing per candidate leaves the layers' devices but the fingerprint and the NLLs.
@@ -44,7 +51,9 @@ from .devices import room_for_copy, to_host
 from .fingerprint import default_scheme, mask_fingerprint
 from .masks import Structure, make_mask, pruned_per_row, selection, ties_by_index
 from .models import prunable_linears
-from .perplexity import window_nlls
+from .perplexity import dense_log_probs, window_kls, window_nlls
+
+LOSSES = ("nll", "kl")
 
 
 @dataclass
@@ -127,17 +136,22 @@ class FitnessEvaluator:
             layer's device.
         windows: fitness token windows ``(n, seqlen)``.
         sparsity, structure: the pruning problem.
+        layer_sparsity: a sparsity per Linear name (a layer-wise allocation, ``allocation.layer_sparsities``)
+            instead of ``sparsity`` everywhere.
         fingerprint: mask fingerprint scheme, ``device`` or ``host`` (``fingerprint.py``); ``None``: ``host``
             when every layer is on the CPU (the faster there), else ``device``.
         dense_copy: keep a dense copy of the prunable weights to restore from; ``None``: on the CPU, and on a
             GPU when the copy takes at most half its free memory (restoring from the copy is the faster route
             on both: ``benchmarks/gpu.py``); otherwise the pruned values are saved and scattered back.
         tokenizer: the model's tokenizer, kept for callers that cut more windows (the final test perplexities).
+        loss: ``nll`` (fitness = perplexity) or ``kl`` (fitness = exp of the mean KL from the dense model).
     """
 
     def __init__(self, model, stats: dict, windows: torch.Tensor, sparsity: float, structure: Structure,
                  batch_size: int = 4, fingerprint: str | None = None, dense_copy: bool | None = None,
-                 tokenizer=None):
+                 tokenizer=None, layer_sparsity: dict[str, float] | None = None, loss: str = "nll"):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.linears = prunable_linears(model)
@@ -149,8 +163,11 @@ class FitnessEvaluator:
         self.stats = stats
         self.windows = windows
         self.sparsity = sparsity
+        self.sparsity_of = layer_sparsity or {name: sparsity for name in self.linears}
         self.structure = structure
         self.batch_size = batch_size
+        self.loss = loss
+        self.dense_targets = dense_log_probs(model, windows, batch_size) if loss == "kl" else None
         self._reference: tuple[str, dict[str, torch.Tensor]] | None = None  # (expression, masks) of the last one
 
     def weight(self, name: str) -> torch.Tensor:
@@ -178,7 +195,7 @@ class FitnessEvaluator:
         with torch.no_grad():  # one layer's scores at a time unless the caller holds them all
             if scores is None and not self.on_cpu:
                 return self._masks_one_read_back(fn)
-            return {name: make_mask(scores[name] if scores else self.layer_scores(fn, name), self.sparsity,
+            return {name: make_mask(scores[name] if scores else self.layer_scores(fn, name), self.sparsity_of[name],
                                     self.structure) for name in self.linears}
 
     def _masks_one_read_back(self, fn) -> dict[str, torch.Tensor]:
@@ -195,15 +212,15 @@ class FitnessEvaluator:
             low, high = torch.aminmax(scores)
             unusable = ~(torch.isfinite(low) & torch.isfinite(high)) | (low == high)
             if self.structure.unstructured:
-                masks[name], thresholds[name], settled = selection(scores, self.sparsity)
+                masks[name], thresholds[name], settled = selection(scores, self.sparsity_of[name])
             else:
-                masks[name], settled = make_mask(scores, self.sparsity, self.structure), torch.ones_like(unusable)
+                masks[name], settled = make_mask(scores, self.sparsity_of[name], self.structure), torch.ones_like(unusable)
             flags.append(torch.stack([unusable, ~settled]))
         read = dict(zip(self.linears, to_host(flags)))
         for name in (name for name, (unusable, _) in read.items() if unusable):
             self.layer_scores(fn, name)  # raises, with the reason
         for name in (name for name, (_, tied) in read.items() if tied):
-            k = pruned_per_row(self.linears[name].weight.shape[-1], self.sparsity)
+            k = pruned_per_row(self.linears[name].weight.shape[-1], self.sparsity_of[name])
             masks[name] = ties_by_index(self._unchecked_scores(fn, name), thresholds[name], k)
         return masks
 
@@ -214,7 +231,7 @@ class FitnessEvaluator:
         average over rows is estimated; selecting one row in ``every`` costs about ``1/every`` of the full
         masks."""
         rows = slice(None, None, every)
-        sums = [self._energy_sums(name, make_mask(scores_of(name)[rows], self.sparsity, self.structure), rows)
+        sums = [self._energy_sums(name, make_mask(scores_of(name)[rows], self.sparsity_of[name], self.structure), rows)
                 for name in self.linears if "X" in self.stats.get(name, {})]
         return float(np.mean(_shares(sums))) if sums else -math.inf
 
@@ -247,14 +264,20 @@ class FitnessEvaluator:
     def mask_hash(self, masks: dict[str, torch.Tensor]) -> str:
         return mask_fingerprint(masks, self.fingerprint)
 
+    def _losses(self, first: int, count: int, loss: str) -> torch.Tensor:
+        windows = self.windows[first:first + count]
+        if loss == "kl":
+            return window_kls(self.model, windows, self.dense_targets[first:first + count], self.batch_size)
+        return window_nlls(self.model, windows, self.batch_size)
+
     @torch.no_grad()
     def perplexity_with(self, masks: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
-                        race: Race | None = None) -> tuple[torch.Tensor, bool]:
-        """Per-window NLL on windows ``[start, stop)`` with ``masks`` applied, and whether it raced out.
-
-        The dense weights are restored afterwards, whatever happens.
+                        race: Race | None = None, loss: str | None = None) -> tuple[torch.Tensor, bool]:
+        """Per-window loss (``loss``, default the evaluator's: NLL or KL) on windows ``[start, stop)`` with
+        ``masks`` applied, and whether it raced out. The dense weights are restored afterwards, whatever happens.
         """
-        windows = self.windows[start:stop]
+        loss = loss or self.loss
+        stop = len(self.windows) if stop is None else min(stop, len(self.windows))
         saved: dict[str, torch.Tensor] = {}
         try:
             for name, mask in masks.items():
@@ -265,10 +288,10 @@ class FitnessEvaluator:
                     saved[name] = weight[mask]
                     weight.masked_fill_(mask, 0)
             if race is None:
-                return window_nlls(self.model, windows, self.batch_size), False
+                return self._losses(start, stop - start, loss), False
             nll: list[float] = []
-            for chunk in windows.split(race.chunk):
-                nll += window_nlls(self.model, chunk, self.batch_size).tolist()
+            for first in range(start, stop, race.chunk):
+                nll += self._losses(first, min(race.chunk, stop - first), loss).tolist()
                 if race.lost(nll, start):
                     return torch.tensor(nll, dtype=torch.float64), True
             return torch.tensor(nll, dtype=torch.float64), False

@@ -56,3 +56,33 @@ def perplexity(model, windows: torch.Tensor, protocol: dict, batch_size: int = 4
     return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean,
                             tokens=windows.shape[0] * (windows.shape[1] - 1),
                             window_nll=nll.tolist(), protocol=dict(protocol))
+
+
+@torch.no_grad()
+def dense_log_probs(model, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """The model's next-token log-probabilities on ``windows``, float16, shape ``(n, seqlen − 1, vocab)``, on
+    the device its logits come out on: the targets of ``window_kls``, computed once while it is dense."""
+    device = input_device(model)
+    out = []
+    for batch in windows.split(batch_size):
+        logits = model(input_ids=batch.to(device), use_cache=False).logits[:, :-1]
+        out.append(F.log_softmax(logits.float(), dim=-1).half())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def window_kls(model, windows: torch.Tensor, targets: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Mean next-token KL divergence ``KL(dense ‖ model)`` of each window (float64, shape ``(n_windows,)``),
+    given the dense log-probabilities ``targets`` of the same windows (``dense_log_probs``).
+
+    The targets are stored in float16, so the dense model itself scores within ±1e-4 of 0, not exactly 0.
+    """
+    device = input_device(model)
+    out = []
+    for batch, dense in zip(windows.split(batch_size), targets.split(batch_size)):
+        logits = model(input_ids=batch.to(device), use_cache=False).logits[:, :-1]
+        log_q = F.log_softmax(logits.float(), dim=-1)
+        log_p = dense.to(log_q.device).float()
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        out.append(kl.double().mean(1).cpu())
+    return torch.cat(out)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from primitives.ops_torch import colrel, rowrel
+
 from .apply import Calibration, PruneReport, prune_model
 from .blockwise import BlockStep, mask_block, prune_blockwise
 from .masks import GROUPS, Structure
@@ -125,6 +127,38 @@ class PrunerZero(Pruner):
 
     def score(self, W, stats):
         return (W * W).abs() * min_max_scale(stats["G"])
+
+
+@dataclass
+class RIA(Pruner):
+    """Relative importance and activations (Zhang et al., ICLR 2024):
+    ``(|W| / Σ_row|W| + |W| / Σ_col|W|) · X^a``, a = 0.5 by default.
+
+    As the reference code (``prune_ria``): each weight's magnitude relative to the L1 norm of its output row
+    plus relative to that of its input column, times Wanda's ``sqrt(scaler_row)`` (our ``X``) to the power
+    ``a``; unstructured masks compare over the whole layer (``group="row"``, the reference's
+    ``--per_outneuron``, compares within each row), N:M within each group of a row. The score is the
+    search expression ``mul(add(rowrel(abs(W)), colrel(abs(W))), sqrt(X))`` for a = 0.5, bit for bit.
+    """
+
+    a: float = 0.5
+    group: str = "layer"
+    name: str = "ria"
+    needs: tuple[str, ...] = ("X",)
+
+    def __post_init__(self):
+        if not (isinstance(self.a, (int, float)) and 0 <= self.a < float("inf")):
+            raise ValueError(f"a must be a finite number ≥ 0, got {self.a!r}")
+        if self.group not in GROUPS:
+            raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {self.group!r}")
+
+    def score(self, W, stats):
+        A = W.abs()  # rowrel/colrel: the search's operators, so the seed metric "ria" gives exactly these scores
+        X = stats["X"]
+        return (rowrel(A) + colrel(A)) * (X.sqrt() if self.a == 0.5 else X.pow(self.a))
+
+    def describe(self):
+        return {**super().describe(), "a": self.a, "group": self.group}
 
 
 @dataclass

@@ -75,12 +75,14 @@ def build_pruner(args):
     if getattr(args, "metric", None):
         return load_metric(args.metric, grad_norm=args.grad_norm, ro=not args.no_ro, score=score)
     return get_pruner(args.method or "wanda", grad_norm=args.grad_norm, ro=not args.no_ro, score=score,
-                      alpha=args.gblm_alpha, group=args.magnitude_group)
+                      alpha=args.gblm_alpha, a=args.ria_a,
+                      group=args.ria_group if args.method == "ria" else args.magnitude_group)
 
 
 def cmd_prune(args) -> int:
     # deferred: torch loads only for the commands that need it (`--help` stays fast)
     from evaluators import Calibration, calibration_windows, load_model, save_pruned
+    from evaluators.allocation import allocate, check_allocation
     from evaluators.checkpoint import check_writable
     from evaluators.data import calibration_split, check_source, resolve_calibration
     from evaluators.devices import dtype_name
@@ -100,11 +102,12 @@ def cmd_prune(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output {out} already exists and is not an empty directory")
     check_writable(out)
+    check_allocation(args.allocation, structure)
     device, dtype = _placement(args)
     pruner = build_pruner(args)
     pruner.check(structure)
     check_model_spec(args.model)
-    calibrated = bool(pruner.needs) or args.sequential
+    calibrated = bool(pruner.needs) or args.sequential or args.allocation != "uniform"
     if calibrated:
         check_source(calib["source"], calibration_split(calib["source"]), args.data_dir)
     t0 = time.perf_counter()
@@ -114,7 +117,8 @@ def cmd_prune(args) -> int:
         windows, spec = calibration_windows(tokenizer, calib["source"], calib["n"], calib["seqlen"],
                                             calib["seed"], args.data_dir)
         calibration = Calibration(windows, spec.describe(), use_cache=not args.no_cache)
-    report = pruner.prune(model, calibration, sparsity, structure, sequential=args.sequential)
+    allocation = allocate(model, calibration, sparsity, structure, args.allocation)
+    report = pruner.prune(model, calibration, allocation, structure, sequential=args.sequential)
     recipe = {"model": args.model, "device": device, "dtype": dtype_name(dtype), "pruner": pruner.describe(),
               "calibration_preset": (args.calib_preset or "default") if calibrated else None,
               **report.to_dict(),
@@ -245,13 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model with a method and save a Hugging Face checkpoint")
     p.add_argument("--model", default="smollm2", help="smollm2 | HF id | checkpoint dir | .gguf (default: smollm2)")
-    p.add_argument("--method", default=None, help="magnitude | wanda | gblm | pruner-zero | wanda++ | sparsegpt | "
-                                                  "besa (default: wanda)")
+    p.add_argument("--method", default=None, help="magnitude | wanda | gblm | pruner-zero | ria | wanda++ | "
+                                                  "sparsegpt | besa (default: wanda)")
     p.add_argument("--metric", default=None, help="any metric instead of --method: runs/<id>:best | runs/<id>:N | "
                                                   "an exported .json | an expression | a baseline name")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default: 0.5)")
     p.add_argument("--structure", default=None, help="N:M such as 2:4 (default: unstructured)")
     p.add_argument("--sequential", action="store_true", help="prune block by block (Wanda's protocol)")
+    p.add_argument("--allocation", default="uniform", help="sparsity per decoder block: uniform (default) | owl "
+                                                            "(fewer pruned where activation outliers are; unstructured)")
     p.add_argument("--grad-norm", choices=("l1", "l2"), default=None,
                    help="gradient norm of G (default: l2, or the one a --metric run was searched with)")
     p.add_argument("--gblm-alpha", type=float, default=None,
@@ -259,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "unscaled sum, which ranks almost like wanda)")
     p.add_argument("--magnitude-group", choices=("layer", "row"), default=None,
                    help="magnitude: compare |W| over the whole layer (default, as the reference code) or per row")
+    p.add_argument("--ria-a", type=float, default=None, help="ria: exponent a of X^a (default: 0.5, the reference's)")
+    p.add_argument("--ria-group", choices=("layer", "row"), default=None,
+                   help="ria: unstructured comparison over the whole layer (default, the reference's) or per row")
     p.add_argument("--no-ro", action="store_true", help="wanda++: regional gradient score only, no regional optimisation")
     p.add_argument("--score", default=None, help="besa: metric giving the within-row ranking, any --metric "
                                                  "reference (default: wanda)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from evaluators.devices import DTYPES, DeviceError, dtype_name, resolve_device, resolve_dtype
 from evaluators.fingerprint import SCHEMES, default_scheme
-from evaluators.masks import MaskError, resolve_sparsity
+from evaluators.allocation import check_allocation
+from evaluators.masks import MaskError, parse_structure, resolve_sparsity
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,7 @@ class ConfigError(ValueError):
 # RIVAL: decides a raced or gated record (resume may not change it in a racing or gated run);
 # RACE / GATE: used only with racing / with the proxy gate; COMPARED: reported by ``analyze --compare``.
 PARTS = PROBLEM, RIVAL, RACE, GATE, COMPARED = "problem", "rival", "race", "gate", "compared"
+FITNESS_LOSSES = {"perplexity": "nll", "kl": "kl"}  # config value -> the evaluator's per-window loss
 
 
 def part(default, *parts: str, legacy=dataclasses.MISSING):
@@ -46,6 +48,7 @@ class SearchConfig:
     model: str = part("smollm2", PROBLEM, COMPARED)
     sparsity: float = part(0.5, PROBLEM, COMPARED)
     structure: str = part("unstructured", PROBLEM, COMPARED)
+    allocation: str = part("uniform", PROBLEM, COMPARED, legacy="uniform")  # uniform | owl (evaluators/allocation.py)
     # where it runs (evaluators/devices.py); empty values are settled from the device when a run starts:
     # device cpu | cuda | cuda:N | auto (accelerate's device map over the visible GPUs); dtype float32 | bfloat16 |
     # float16 (empty: float32 on the CPU, bfloat16 on a GPU); mask_fingerprint host | device (empty: host on the CPU)
@@ -58,6 +61,9 @@ class SearchConfig:
     nsamples: int = part(16, PROBLEM, COMPARED)
     calib_seqlen: int = part(512, PROBLEM, COMPARED)
     grad_norm: str = part("l2", PROBLEM, COMPARED)
+    # per-window loss on the fitness windows: "perplexity" (mean token NLL) or "kl" (mean token KL divergence
+    # from the dense model; the fitness is then exp of the mean KL; evaluators/fitness.py)
+    fitness: str = part("perplexity", PROBLEM, COMPARED, legacy="perplexity")
     fitness_windows: int = part(8, PROBLEM, COMPARED)
     fitness_seqlen: int = part(256, PROBLEM, COMPARED)
     batch_size: int = part(4, PROBLEM)
@@ -108,6 +114,12 @@ class SearchConfig:
             resolve_sparsity(self.sparsity, self.structure)
         except MaskError as err:
             raise ConfigError(str(err)) from None
+        try:
+            check_allocation(self.allocation, parse_structure(self.structure))
+        except MaskError as err:
+            raise ConfigError(str(err)) from None
+        if self.fitness not in FITNESS_LOSSES:
+            raise ConfigError(f"fitness must be one of {', '.join(FITNESS_LOSSES)}, got {self.fitness!r}")
         if self.mode not in ("steady", "generational"):
             raise ConfigError(f"mode must be 'steady' or 'generational', got {self.mode!r}")
         if self.race_against not in ("top_k", "worst"):

@@ -22,7 +22,8 @@ def test_window_nlls(evaluator, cfg, score_fns: dict) -> tuple[dict, object]:
     fitness_windows = evaluator.windows
     try:
         evaluator.windows = windows
-        return {name: evaluator.perplexity_with(evaluator.masks(fn))[0] for name, fn in score_fns.items()}, spec
+        return {name: evaluator.perplexity_with(evaluator.masks(fn), loss="nll")[0]
+                for name, fn in score_fns.items()}, spec
     finally:
         evaluator.windows = fitness_windows
 

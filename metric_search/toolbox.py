@@ -20,6 +20,7 @@ KNOWN_METRICS = {
     "wanda": "mul(abs(W), X)",
     "gblm": "add(mul(abs(W), X), mul(100, mul(abs(W), G)))",  # α = 100: evaluators.pruners.GBLM
     "pruner-zero": "mul(abs(mul(W, W)), mms(G))",
+    "ria": "mul(add(rowrel(abs(W)), colrel(abs(W))), sqrt(X))",  # evaluators.pruners.RIA's score (a = 0.5)
 }
 
 if not hasattr(creator, "FitnessMin"):

@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 
-from evaluators import calibration_windows, compute_statistics, fitness_windows, load_model, parse_structure
+from evaluators import (Calibration, calibration_windows, compute_statistics, fitness_windows, load_model,
+                        parse_structure)
+from evaluators.allocation import allocate, layer_sparsities
 from evaluators.fitness import FitnessEvaluator, FitnessResult
 from primitives import compile_tree, parse
 
-from .config import PROBLEM_KEYS
+from .config import FITNESS_LOSSES, PROBLEM_KEYS
 
 _EVALUATORS: dict[str, object] = {}
 
@@ -35,8 +37,11 @@ def load_problem(spec: dict, progress: bool = False):
     windows, _ = fitness_windows(tokenizer, spec["data"], spec["fitness_windows"], spec["fitness_seqlen"],
                                         data_dir)
     structure = parse_structure(spec["structure"])
+    calibration = Calibration(cal, cal_spec.describe())
+    allocation = allocate(model, calibration, spec["sparsity"], structure, spec["allocation"], progress=progress)
     return FitnessEvaluator(model, stats, windows, spec["sparsity"], structure, spec["batch_size"],
-                            spec["mask_fingerprint"] or None, tokenizer=tokenizer)
+                            spec["mask_fingerprint"] or None, tokenizer=tokenizer,
+                            layer_sparsity=layer_sparsities(model, allocation), loss=FITNESS_LOSSES[spec["fitness"]])
 
 
 def _problem_key(spec: dict) -> str:

@@ -64,6 +64,18 @@ _register_builtin(
     description="divide by the Frobenius norm of the whole matrix",
     increasing=True, preserves_nonneg=True, idempotent=True, whole_matrix=True)
 _register_builtin(
+    "rowrel", 1, T.rowrel, S.rowrel, latex=r"\frac{{{0}}}{{\left\|{0}\right\|_{{1,\mathrm{{row}}}}}}",
+    torch_doc="y = x, or x / max_row|x| for a row whose max|x| is outside [1e-12, 1e12]; y / Σ_row|y| "
+              "(= x / Σ_row|x|) on the broadcast (out, in) matrix; all-zero row → 0",
+    description="each value relative to the L1 norm of its row (RIA's relative importance, row part)",
+    preserves_nonneg=True, idempotent=True, increasing_in_row=True, whole_matrix=True)
+_register_builtin(
+    "colrel", 1, T.colrel, S.colrel, latex=r"\frac{{{0}}}{{\left\|{0}\right\|_{{1,\mathrm{{col}}}}}}",
+    torch_doc="y = x, or x / max_col|x| for a column whose max|x| is outside [1e-12, 1e12]; y / Σ_col|y| "
+              "(= x / Σ_col|x|) on the broadcast (out, in) matrix; all-zero column → 0",
+    description="each value relative to the L1 norm of its column (RIA's relative importance, column part)",
+    preserves_nonneg=True, idempotent=True, whole_matrix=True)
+_register_builtin(
     "add", 2, T.add, lambda x, y: x + y, latex=r"{0} + {1}", infix="+", precedence=1,
     torch_doc="(x + y).nan_to_num_()  (overflow → ±finfo.max)", description="addition",
     commutative=True, preserves_nonneg=True)

@@ -12,7 +12,8 @@ stripped, at the root and repeatedly, of strictly monotone maps, first on the un
 tree's own wrappers are visible) and then on its expanded form:
 
 * increasing maps are dropped: ``exp tanh sigmoid mms zsn normalize`` (and registered operators with
-  ``increasing=True``), positive factors and additive constants, including whole-matrix scalars such as
+  ``increasing=True``), ``rowrel`` (a positive scaling of each row: ``increasing_in_row``), positive factors
+  and additive constants, including whole-matrix scalars such as
   ``‖y‖_F``, odd powers, and ``log``, ``sqrt`` and positive powers of a nonnegative score;
 * even maps become ``|x|``: ``x**2`` → ``|x|``;
 * decreasing maps are dropped while flipping a sign that stays in the key (``-(...)``): ``neg``, negative
@@ -104,7 +105,8 @@ def _monotone(e: sp.Expr) -> str | None:
         name = function_map().get(e.func)
         op = OPERATORS.get(name) if name else None
         if op is not None and op.arity == 1:
-            kind = "inc" if op.increasing else "inc_nonneg" if op.increasing_nonneg else (
+            # increasing_in_row (rowrel) keeps every row's order, and masks only compare within a row
+            kind = "inc" if op.increasing or op.increasing_in_row else "inc_nonneg" if op.increasing_nonneg else (
                 "dec" if op.decreasing else None)
     return kind
 

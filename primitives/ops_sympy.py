@@ -9,7 +9,10 @@ in real arithmetic (the torch versions agree up to rounding):
 * ``normalize(a·x) = sign(a)·normalize(x)`` for a number ``a ≠ 0``;
 * a positive affine whole-matrix map inside ``mms``/``zsn`` disappears (``mms(zsn(x)) = mms(x)``), and
   ``normalize(normalize(x)) = normalize(x)``;
-* ``fro(x) = ‖x‖_F`` (the denominator of ``divnorm``) is a positive scalar with ``fro(a·x) = |a|·fro(x)``.
+* ``fro(x) = ‖x‖_F`` (the denominator of ``divnorm``) is a positive scalar with ``fro(a·x) = |a|·fro(x)``;
+* ``rowrel``/``colrel`` (x over the L1 norm of its row/column) are odd, idempotent, ignore positive scalar
+  factors and ``normalize`` inside them (``rowrel(a·x) = sign(a)·rowrel(x)``), and map a constant ``c`` to the
+  scalar ``sign(c)·rowrel(1)`` (1/in; ``colrel(1)`` is 1/out).
 
 "Constant" means a whole-matrix scalar: an expression without leaf symbols outside ``fro(...)``.
 """
@@ -91,6 +94,20 @@ class zsn(_WholeMatrix):
         return None
 
 
+def _scaled_out(cls, x):
+    """``cls(a·core)`` as ``cls(core)`` for a positive constant ``a`` and ``−cls(core)`` for a negative one
+    (an odd function that ignores positive scaling), or ``None`` (leave it unevaluated)."""
+    if isinstance(x, sp.Mul):
+        a, core, _ = _affine(x)
+        if a.is_positive and a != 1:
+            return cls(core)
+        if a.is_negative:
+            return -cls(core)
+    if x.could_extract_minus_sign():
+        return -cls(-x)
+    return None
+
+
 class normalize(_WholeMatrix):
     """x / ‖x‖_F over the whole matrix."""
 
@@ -100,18 +117,43 @@ class normalize(_WholeMatrix):
             return sp.S.Zero
         if isinstance(x, normalize):
             return x
-        if isinstance(x, sp.Mul):
-            a, core, b = _affine(x)
-            if a.is_positive and a != 1:
-                return cls(core)
-            if a.is_negative:
-                return -cls(core)
-        if x.could_extract_minus_sign():
-            return -cls(-x)
-        return None
+        return _scaled_out(cls, x)
 
     def _eval_is_extended_nonnegative(self):
         return True if self.args[0].is_nonnegative else None
+
+
+class _Relative(_WholeMatrix):
+    """x / Σ|x| along each row (``rowrel``) or column (``colrel``) of the broadcast (out, in) matrix."""
+
+    @classmethod
+    def eval(cls, x):
+        if x == 0:
+            return sp.S.Zero
+        if isinstance(x, cls):
+            return x  # each line of the result already has L1 norm 1 (or is all zero)
+        if isinstance(x, normalize):
+            return cls(x.args[0])  # normalize(x) is x times a positive whole-matrix scalar
+        if is_scalar(x):
+            # a constant matrix c: sign(c)/in (rowrel) or sign(c)/out (colrel) everywhere, itself a scalar
+            if x.is_positive and x != 1:
+                return cls(sp.S.One)
+            return -cls(sp.S.One) if x.is_negative else None
+        return _scaled_out(cls, x)
+
+    def _eval_is_extended_nonnegative(self):
+        return True if self.args[0].is_nonnegative else None
+
+    def _eval_is_extended_positive(self):
+        return True if self.args[0].is_positive else None
+
+
+class rowrel(_Relative):
+    """x / Σ_row |x|: a positive scaling of each row (order within a row is kept)."""
+
+
+class colrel(_Relative):
+    """x / Σ_col |x|: a positive scaling of each column."""
 
 
 class fro(_WholeMatrix):
@@ -150,7 +192,7 @@ def is_nonneg_real(e: sp.Expr) -> bool:
         return bool((e.exp.is_Integer and e.exp % 2 == 0) or is_nonneg_real(e.base))
     if e.is_Mul or e.is_Add:
         return all(is_nonneg_real(a) for a in e.args)
-    if isinstance(e, (sp.tanh, normalize)):
+    if isinstance(e, (sp.tanh, normalize, rowrel, colrel)):
         return is_nonneg_real(e.args[0])
     return False
 

@@ -99,6 +99,31 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return y / torch.where(n > 0, n, 1.0)
 
 
+def _relative(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x / Σ|x| along ``dim`` (−1: within each row, −2: within each column); an all-zero line gives zeros.
+
+    A line whose max|x| is outside [_SAFE_LO, _SAFE_HI] is first divided by that max (the ratio is scale
+    invariant), so the sum neither overflows nor underflows; other lines are divided by 1, which is exact,
+    so they get exactly ``x / x.abs().sum(dim)``. Nothing is read back from the device.
+    """
+    if x.dim() < 2:  # a vector is one row: each of its columns holds one value
+        return _relative(x.reshape(1, -1), dim).reshape(x.shape)
+    m = x.abs().amax(dim=dim, keepdim=True)
+    y = x / torch.where((m > 0) & ((m < _SAFE_LO) | (m > _SAFE_HI)), m, 1.0)
+    den = y.abs().sum(dim=dim, keepdim=True)
+    return y.div_(torch.where(den > 0, den, 1.0))
+
+
+def rowrel(x: torch.Tensor) -> torch.Tensor:
+    """x / Σ_row |x| (each value relative to its row's L1 norm); an all-zero row gives zeros."""
+    return _relative(x, -1)
+
+
+def colrel(x: torch.Tensor) -> torch.Tensor:
+    """x / Σ_col |x| (each value relative to its column's L1 norm); an all-zero column gives zeros."""
+    return _relative(x, -2)
+
+
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x + y, overflow → ±finfo.max."""
     return torch.add(x, y).nan_to_num_()

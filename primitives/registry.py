@@ -16,7 +16,8 @@ total by construction (the guards are listed per operator in :func:`primitives.o
 * ``sqr``, ``add``, ``sub``, ``mul``, ``div`` and ``divnorm`` map an overflow (±inf) to ±``finfo.max`` of
   the dtype (``Tensor.nan_to_num_``); they never produce NaN from finite inputs.
 * ``mms``, ``zsn`` and ``normalize`` rescale internally so that no intermediate overflows, and map a constant
-  tensor to zeros (``normalize`` of an all-zero tensor is zeros).
+  tensor to zeros (``normalize`` of an all-zero tensor is zeros); ``rowrel`` and ``colrel`` rescale a row
+  (column) whose max|x| is outside [1e-12, 1e12] and map an all-zero row (column) to zeros.
 * A user operator registered with ``guard=True`` (the default) gets the same treatment applied to its
   output: NaN → 0, ±inf → ±max.
 
@@ -93,7 +94,10 @@ class Operator:
         self_value: For binary ops, the value of ``f(x, x)`` (``sub`` → 0, ``div`` → 1), else ``None``.
         exact_self: ``f(x, x) == self_value`` bit-exactly for every finite ``x``.
         commutative: ``f(x, y) == f(y, x)``.
-        whole_matrix: Reduces over the whole (out, in) matrix (leaves are broadcast to it first).
+        increasing_in_row: Preserves the order within each row, not across rows (a positive scaling per row,
+            as ``rowrel``): the rank key strips it at the root, because masks compare scores within a row.
+        whole_matrix: Reduces over the (out, in) matrix, all of it or its rows or columns (leaves are
+            broadcast to it first).
         infix: Infix symbol (``+ - * /``) accepted by the parser and used by :func:`to_infix`.
         precedence: Binding strength of ``infix`` (higher binds tighter).
         builtin: Registered by this package.
@@ -119,6 +123,7 @@ class Operator:
     self_value: float | None = None
     exact_self: bool = False
     commutative: bool = False
+    increasing_in_row: bool = False
     whole_matrix: bool = False
     infix: str | None = None
     precedence: int = 0

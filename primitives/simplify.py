@@ -17,7 +17,8 @@ inverse pair, ``|x|``           ``sqrt(sqr(x)) → abs(x)``                   no
 inverse pair, ``|x|``           ``sqr(sqrt(x)) → abs(x)``                   no: rounding (1 ulp)
 even op of ``neg``/``abs``      ``sqr(neg(x))``, ``log(abs(x)) → log(x)``   yes (sqr, abs, sqrt, log)
 idempotent op                   ``abs(abs(x)) → abs(x)``                    yes
-idempotent op                   ``mms(mms(x)) → mms(x)`` (zsn, normalize)   no: rounding
+idempotent op                   ``mms(mms(x)) → mms(x)`` (zsn, normalize,   no: rounding
+                                rowrel, colrel)
 ``abs`` of a nonneg subtree     ``abs(mul(X, G)) → mul(X, G)``              yes
 same operands                   ``sub(x, x) → 0``                           yes
 same operands                   ``div(x, x) → 1``                           no: 0 where x = 0, x/1e-30 where
@@ -26,7 +27,7 @@ same operands                   ``div(x, x) → 1``                           no
 
 A subtree is nonnegative if it is a nonnegative leaf (``X``, ``G``) or constant, an operator with the
 ``nonnegative`` property (``sqr abs exp sqrt sigmoid mms``), or a ``preserves_nonneg`` operator (``add mul
-div divnorm tanh normalize``) of nonnegative subtrees.
+div divnorm tanh normalize rowrel colrel``) of nonnegative subtrees.
 """
 from __future__ import annotations
 

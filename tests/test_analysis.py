@@ -177,3 +177,15 @@ def test_reevaluate_hall_of_fame_on_tiny_model(tmp_path, tiny_checkpoint, text_d
     summary = analyze_run(run, plots=False, reevaluation=r)
     assert "## Re-evaluation under another protocol" in (run / "analysis" / "report.md").read_text()
     assert summary["reevaluation"]["dense_perplexity"] > 1
+
+
+def test_relative_view_is_percent_vs_wanda_clipped_to_the_informative_range():
+    from metric_search.results.report import relative_view
+
+    s = {"baselines": [{"name": "pruner-zero", "fitness": 60.0}, {"name": "wanda", "fitness": 50.0}]}
+    view = relative_view(s, [49.0, 50.0, 51.0, 5e9])
+    assert view["name"] == "wanda" and view["pct"][:3] == pytest.approx([-2.0, 0.0, 2.0])
+    assert view["high"] == pytest.approx(8.0) and view["above"] == 1 and view["clipped"][-1] == view["high"]
+    assert relative_view({"baselines": []}, [1.0]) is None
+    only_pz = relative_view({"baselines": [{"name": "pruner-zero", "fitness": 60.0}]}, [61.0])
+    assert only_pz["name"] == "pruner-zero" and only_pz["high"] == 5.0

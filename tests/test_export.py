@@ -19,6 +19,7 @@ EXPRESSIONS = [
     "add(mms(mul(abs(W), X)), div(sqrt(G), 2.5))", "zsn(sub(log(W), exp(G)))", "normalize(mul(sigmoid(W), tanh(X)))",
     "divnorm(sqr(W), G)", "div(neg(W), sub(X, X))", "sub(exp(mul(W, 100.0)), exp(W))", "log(sub(W, W))",
     "zsn(2.0)", "mms(X)", "div(3, add(G, neg(G)))", "sqr(sqr(sqr(mul(W, 1e10))))",
+    "mul(add(rowrel(abs(W)), colrel(abs(W))), sqrt(X))", "rowrel(colrel(mul(W, 3e38)))", "colrel(X)",
 ]
 
 

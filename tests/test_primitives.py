@@ -24,7 +24,8 @@ def test_registry_contents():
     assert list(P.LEAVES)[:3] == ["W", "X", "G"]
     assert not P.LEAVES["W"].nonnegative and P.LEAVES["X"].nonnegative and P.LEAVES["G"].nonnegative
     assert P.LEAVES["X"].shape == "(1, in)"
-    unary = {"sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "sigmoid", "mms", "zsn", "normalize"}
+    unary = {"sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "sigmoid", "mms", "zsn", "normalize", "rowrel",
+             "colrel"}
     binary = {"add", "sub", "mul", "div", "divnorm"}
     assert unary | binary <= set(P.OPERATORS)
     assert all(P.OPERATORS[n].arity == 1 for n in unary) and all(P.OPERATORS[n].arity == 2 for n in binary)
@@ -160,6 +161,8 @@ def test_compile_matches_handwritten():
         "normalize(W)": W / torch.linalg.norm(W),
         "divnorm(W, G)": W / torch.linalg.norm(G),
         "sigmoid(sqr(W))": torch.sigmoid(W * W),
+        "rowrel(W)": W / W.abs().sum(1, keepdim=True),
+        "colrel(G)": G / G.sum(0, keepdim=True),
     }
     for expr, expected in cases.items():
         assert torch.allclose(P.compile_tree(expr)(W, X, G), expected, rtol=1e-5, atol=1e-6), expr
@@ -195,7 +198,7 @@ def test_compile_does_not_modify_inputs():
 def test_whole_matrix_ops_see_the_broadcast_matrix():
     W, X, G = leaves()
     full = X.expand_as(W)
-    for op in ("mms", "zsn", "normalize"):
+    for op in ("mms", "zsn", "normalize", "rowrel", "colrel"):
         got = P.compile_tree(f"{op}(X)")(W=W, X=X)
         assert torch.allclose(got, P.OPERATORS[op].torch_fn(full.contiguous())), op
 

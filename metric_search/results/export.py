@@ -188,7 +188,7 @@ def standalone_source(tree, info: dict | None = None) -> str:
 def sympy_locals() -> dict:
     """Names needed to read an exported SymPy string back (leaf symbols with their assumptions, whole-matrix ops)."""
     return {**{name: leaf_symbol(name) for name in LEAVES},
-            "mms": S.mms, "zsn": S.zsn, "normalize": S.normalize, "fro": S.fro}
+            "mms": S.mms, "zsn": S.zsn, "normalize": S.normalize, "rowrel": S.rowrel, "colrel": S.colrel, "fro": S.fro}
 
 
 def read_sympy(text: str):

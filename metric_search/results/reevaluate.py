@@ -17,6 +17,7 @@ from scipy import stats as st
 from evaluators import (Calibration, SymbolicPruner, calibration_windows, evaluation_windows, load_model,
                         parse_structure, perplexity, prunable_linears)
 from evaluators.devices import dtype_name, model_dtype
+from evaluators.allocation import allocate
 from evaluators.masks import resolve_sparsity
 
 from .markdown import p_text, table
@@ -64,6 +65,7 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
     cal, cal_spec = calibration_windows(tokenizer, config["data"], config["nsamples"], config["calib_seqlen"],
                                         config.get("seed", 0), data_dir)
     calibration = Calibration(cal, cal_spec.describe())
+    allocation = allocate(model, calibration, target, parsed, config.get("allocation", "uniform"), progress=progress)
     evals, eval_spec = evaluation_windows(tokenizer, config["data"], split, seqlen, windows or None, data_dir)
     batch = config.get("batch_size", 4)
     dense_ppl = perplexity(model, evals, eval_spec.describe(), batch, progress).perplexity
@@ -72,7 +74,7 @@ def reevaluate(run_dir: str | Path, top: int = 5, sequential: bool = True, spars
         for name, linear in prunable_linears(model).items():  # back to the dense weights before each metric
             linear.weight.data.copy_(dense[name])
         pruner = SymbolicPruner(row["expression"], grad_norm=config.get("grad_norm", "l2"))
-        pruner.prune(model, calibration, target, parsed, sequential=sequential, progress=progress)
+        pruner.prune(model, calibration, allocation, parsed, sequential=sequential, progress=progress)
         ppl = perplexity(model, evals, eval_spec.describe(), batch, progress).perplexity
         results.append({"rank": row["rank"], "expression": row["expression"], "fitness": row["fitness"],
                         "perplexity": ppl})

@@ -36,6 +36,47 @@ def perplexity_axis(ax, values, label: str = "fitness perplexity") -> None:
     ax.set_ylabel(f"{label} (log scale)" if wide else label)
 
 
+def reference_fitness(s: dict) -> tuple[str, float] | None:
+    """The baseline fitness plots are drawn relative to: Wanda's when the run evaluated it, else the first
+    known metric it evaluated, else none."""
+    known = {b["name"]: b["fitness"] for b in s.get("baselines", [])}
+    name = "wanda" if "wanda" in known else next(iter(known), None)
+    return (name, known[name]) if name else None
+
+
+def relative_view(s: dict, values: list[float]) -> dict | None:
+    """How to draw ``values`` as percent vs the reference baseline, clipped to the informative range.
+
+    The range runs from the best candidate to ``max(5 %, 4 × its gain)`` above the baseline: a search's
+    decisions are made within a few percent of the baseline, while its failures reach 10¹⁰.
+    """
+    ref = reference_fitness(s)
+    if ref is None or not values:
+        return None
+    pct = [100.0 * (v / ref[1] - 1.0) for v in values]
+    low = min(pct)
+    high = max(5.0, 4.0 * abs(min(low, 0.0)))
+    pad = 0.05 * (high - low)
+    return {"name": ref[0], "fitness": ref[1], "pct": pct, "low": low - pad, "high": high,
+            "clipped": [min(p, high) for p in pct], "above": sum(p > high for p in pct)}
+
+
+def draw_relative(ax, s: dict, view: dict, config: dict, what: str) -> None:
+    """Percent-vs-baseline y axis, the known metrics as reference lines, and the run's problem in the title."""
+    for b in s.get("baselines", []):
+        pct = 100.0 * (b["fitness"] / view["fitness"] - 1.0)
+        if view["low"] <= pct <= view["high"]:
+            ax.axhline(pct, color="C2" if b["name"] == view["name"] else "C4", lw=0.9, ls="--")
+            ax.annotate(b["name"], (1.0, pct), xycoords=("axes fraction", "data"), fontsize=7, ha="right",
+                        va="bottom", color="C2" if b["name"] == view["name"] else "C4")
+    ax.set_ylim(view["low"], view["high"] + 0.04 * (view["high"] - view["low"]))
+    ax.set_ylabel(f"fitness vs {view['name']} (%; {view['fitness']:.4g} = 0)")
+    problem = (f"{config.get('model', '?')}, {config.get('structure', '?')} at sparsity {config.get('sparsity', '?')}"
+               + (f", {config['allocation']} allocation" if config.get("allocation", "uniform") != "uniform" else "")
+               + (f", {config['fitness']} fitness" if config.get("fitness", "perplexity") != "perplexity" else ""))
+    ax.set_title(f"{what} — {problem}", fontsize=9)
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write as PNG and close a figure."""
     fig.tight_layout()
@@ -45,26 +86,38 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def plot_fitness(s: dict, data: dict, path: Path) -> Path:
+    """Fitness over iterations: relative to Wanda (or the first known metric) when the run evaluated one."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     v = data["valid"]
     full = [c for c in v if not c["partial"]]
     part = [c for c in v if c["partial"]]
-    ax.scatter([c["iteration"] for c in full], [c["fitness"] for c in full], s=8, alpha=0.35, color="grey",
+    view = relative_view(s, [c["fitness"] for c in full or v])  # the range from complete evaluations
+    y = (lambda f: min(max(100.0 * (f / view["fitness"] - 1.0), view["low"]), view["high"])) if view else (lambda f: f)
+    ax.scatter([c["iteration"] for c in full], [y(c["fitness"]) for c in full], s=8, alpha=0.35, color="grey",
                label=f"complete evaluations ({len(full)})")
     if part:
-        ax.scatter([c["iteration"] for c in part], [c["fitness"] for c in part], s=8, alpha=0.35, color="grey",
+        ax.scatter([c["iteration"] for c in part], [y(c["fitness"]) for c in part], s=8, alpha=0.35, color="grey",
                    marker="x", label=f"stopped early, partial estimate ({len(part)})")
     prog = s["progress"]
     if prog["iterations"]:
-        ax.step(prog["iterations"], prog["best_so_far"], where="post", color="C0", lw=2, label="best so far")
-    med = [(i, m) for i, m in zip(prog["logbook_iterations"], prog["population_median"]) if m == m]
+        ax.step(prog["iterations"], [y(b) for b in prog["best_so_far"]], where="post", color="C0", lw=2,
+                label="best so far")
+    med = [(i, y(m)) for i, m in zip(prog["logbook_iterations"], prog["population_median"]) if m == m]
     if med:
         ax.plot(*zip(*med), color="C1", lw=1.5, label="population median (logbook)")
-    perplexity_axis(ax, [c["fitness"] for c in v])
     ax.set_xlabel("iteration")
-    ax.set_title(f"Fitness over iterations ({s['n_invalid'] + s['n_unparsed']} invalid not shown)", fontsize=10)
-    ax.legend(fontsize=8)
+    invalid = s["n_invalid"] + s["n_unparsed"]
+    if view:
+        outside = sum(not view["low"] <= 100.0 * (c["fitness"] / view["fitness"] - 1.0) <= view["high"] for c in v)
+        if outside:
+            ax.scatter([], [], s=8, color="grey", label=f"{outside} outside [{view['low']:.2g}, +{view['high']:.3g}] % "
+                                                        f"drawn at the edge")
+        draw_relative(ax, s, view, data.get("config") or {}, f"Fitness over iterations ({invalid} invalid not shown)")
+    else:
+        perplexity_axis(ax, [c["fitness"] for c in v])
+        ax.set_title(f"Fitness over iterations ({invalid} invalid not shown)", fontsize=10)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
@@ -72,18 +125,24 @@ def plot_pareto(s: dict, data: dict, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     v = [c for c in data["valid"] if not c["partial"]]
+    view = relative_view(s, [c["fitness"] for c in v])
+    y = (lambda f: min(100.0 * (f / view["fitness"] - 1.0), view["high"])) if view else (lambda f: f)
     rng = np.random.default_rng(0)  # jitter so that equal sizes do not hide each other
-    ax.scatter([c["size"] + rng.uniform(-0.15, 0.15) for c in v], [c["fitness"] for c in v], s=8, alpha=0.35,
-               color="grey", label="candidates")
+    above = f"; {view['above']} above +{view['high']:.3g} % drawn at the top" if view and view["above"] else ""
+    ax.scatter([c["size"] + rng.uniform(-0.15, 0.15) for c in v], [y(c["fitness"]) for c in v], s=8, alpha=0.35,
+               color="grey", label=f"candidates ({len(v)}{above})")
     front = s["pareto"]
     if front:
-        ax.step([c["size"] for c in front], [c["fitness"] for c in front], where="post", color="C3", lw=1.5)
-        ax.scatter([c["size"] for c in front], [c["fitness"] for c in front], color="C3", s=25, zorder=3,
+        ax.step([c["size"] for c in front], [y(c["fitness"]) for c in front], where="post", color="C3", lw=1.5)
+        ax.scatter([c["size"] for c in front], [y(c["fitness"]) for c in front], color="C3", s=25, zorder=3,
                    label="Pareto front")
-    perplexity_axis(ax, [c["fitness"] for c in v])
     ax.set_xlabel("tree size (nodes)")
-    ax.set_title("Tree size vs perplexity", fontsize=10)
-    ax.legend(fontsize=8)
+    if view:
+        draw_relative(ax, s, view, data.get("config") or {}, "Tree size vs fitness")
+    else:
+        perplexity_axis(ax, [c["fitness"] for c in v])
+        ax.set_title("Tree size vs perplexity", fontsize=10)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
