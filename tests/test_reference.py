@@ -28,8 +28,9 @@ EXPECTED = json.loads((HERE / "expected.json").read_text())
 TINY = EXPECTED["tiny"]
 SEQUENTIAL = ("wanda", "gblm-l2", "gblm-l1", "pruner-zero")  # the reference protocol: block by block
 # Score pruners: float summation order (the reference's running-mean scaler_row and one-window forwards vs
-# our sums over batches of 8) moves X and G by ~1e-7 relative, which could swap two scores that close at a
-# row's threshold on another machine's kernels. None differ on the recorded run; allow this many per case.
+# our sums over batches of 8) moves X and G by ~1e-7 relative (GBLM l1's G by 2e-4: the reference rounds each
+# term to float16), which can swap two scores that close at a row's threshold, and on SmolLM2 does (one swap
+# seeds each sequential difference there). None differ on the recorded tiny run; allow this many per case.
 NEAR_TIES = 8
 
 
@@ -109,17 +110,17 @@ def test_tiny_masks_match_reference(case, reference_masks):
 
 
 SMOLLM2 = EXPECTED.get("smollm2")
-# SmolLM2 cases run here (our side only; the whole table takes the harness an hour), with the largest
-# relative perplexity difference from the reference-pruned model allowed, and why:
+# SmolLM2 cases run here (our side only: the whole table takes the harness an hour; these two take about a
+# minute with the model load), each with the largest relative perplexity difference from the
+# reference-pruned model allowed, and why:
 SMOLLM2_CASES = {
     # Q4_1 weights take few distinct values, so many |W| tie at the layer's threshold: the reference's
-    # ``<=`` zeroes all of them (9214 entries more than floor(numel*s), all equal to the threshold).
+    # ``<=`` zeroes all of them (9214 entries more than floor(numel*s), all equal to the threshold): 0.13%.
     "magnitude/unstructured": 5e-3,
-    "wanda/2:4": 1e-6,  # identical masks
-    # One near-tie swap (float summation order of X) at block 9; each pruned block feeds the next, so the
-    # difference grows over the remaining blocks (0.17% of entries): a different, equally valid path.
-    "wanda/unstructured": 1.5e-2,
+    "wanda/2:4": 1e-6,  # identical masks (block-sequential X, topk vs stable sort: no ties among scores)
 }
+# Not run here (see docs/reference-check.md): the sequential unstructured cases, whose masks part after one
+# near-tie swap (float summation order) and then follow a different path through the later blocks.
 
 
 def digest(windows: torch.Tensor) -> str:
