@@ -96,8 +96,6 @@ def cmd_prune(args) -> int:
                                 seqlen=args.calib_seqlen, seed=args.seed)
     if calib["n"] < 1 or calib["seqlen"] < 2:
         raise UsageError("--nsamples must be ≥ 1 and --calib-seqlen ≥ 2")
-    if args.gblm_alpha is not None and not args.gblm_alpha >= 0:
-        raise UsageError(f"--gblm-alpha must be ≥ 0, got {args.gblm_alpha}")
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output {out} already exists and is not an empty directory")

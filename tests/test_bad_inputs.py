@@ -71,7 +71,7 @@ CASES = [
     (["prune", *O, *M, "--calib-data", "c4:/no/such/shard.json.gz"], "C4 shard not found"),
     (["prune", *O, *M, "--calib-preset", "c5"], "unknown calibration preset 'c5'"),
     (["prune", *O, *M, "--magnitude-group", "column"], "invalid choice"),
-    (["prune", *O, *M, "--method", "gblm", "--gblm-alpha", "-1"], "--gblm-alpha must be ≥ 0"),
+    (["prune", *O, *M, "--method", "gblm", "--gblm-alpha", "-1"], "gblm: alpha must be ≥ 0"),
     (["prune", *O, "--model", "./no/such/model"], "model not found"),
     (["prune", *O, "--model", "/no/such/model.gguf"], "GGUF file not found"),
     (["prune", *O, "--model", "{text}"], "no config.json"),
