@@ -7,8 +7,9 @@ Takes the distinct valid candidates a recorded run evaluated (a seeded random sa
 them, plus the known metrics), and measures each on the same problem as the run (model, calibration,
 sparsity) three ways: the perplexity fitness and the KL fitness on the **same** ``--fitness-windows``
 fitness windows (one forward each, so the same cost), and the WikiText-2 **test** perplexity on
-``--test-windows`` windows. Prints Spearman's ρ of each fitness against test perplexity, over all candidates
-and over the better half (by test perplexity), where a search's decisions are made.
+``--test-windows`` windows. Prints Spearman's ρ of each fitness against test perplexity, over all candidates,
+the better half and the competitive ones (by test perplexity), where a search's decisions are made.
+``--table FILE`` prints the table again from an earlier ``--output`` file.
 """
 from __future__ import annotations
 
@@ -47,6 +48,23 @@ def spearman(x, y) -> str:
     return f"{rho:.3f} (p = {p:.2g})"
 
 
+def table(rows: list[dict]) -> None:
+    """Spearman's ρ of each fitness against test perplexity: over all rows, the better half by test perplexity,
+    and the competitive ones (test perplexity within 25% of the best), where a search's decisions are made."""
+    ppl = np.array([r["fitness_ppl"] for r in rows])
+    kl = np.array([r["mean_kl"] for r in rows])
+    test = np.array([r["test_ppl"] for r in rows])
+    subsets = {"all": test == test, "better half by test": test <= np.median(test),
+               "within 25% of the best test": test <= 1.25 * test.min()}
+    print("Spearman's ρ against test perplexity")
+    print("| fitness | " + " | ".join(f"{name} (n = {mask.sum()})" for name, mask in subsets.items())
+          + " | seconds per evaluation |")
+    print("|---" * (len(subsets) + 2) + "|")
+    for name, values, key in (("perplexity", ppl, "seconds_nll"), ("KL", kl, "seconds_kl")):
+        cells = " | ".join(spearman(values[mask], test[mask]) for mask in subsets.values())
+        print(f"| {name} | {cells} | {np.mean([r[key] for r in rows]):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/bench-demo")
@@ -55,7 +73,11 @@ def main() -> None:
     parser.add_argument("--test-windows", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the per-candidate table as JSON lines here")
+    parser.add_argument("--table", default=None, help="only print the table of an earlier --output file")
     args = parser.parse_args()
+    if args.table:
+        table([json.loads(line) for line in Path(args.table).read_text().splitlines()])
+        return
     run = Path(args.run)
     saved = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k in LEGACY_DEFAULTS}
     overrides = [f"fitness_windows={args.fitness_windows}", 'fitness="kl"', f"test_windows={args.test_windows}"]
@@ -87,19 +109,9 @@ def main() -> None:
             out.flush()
         print(f"{i + 1:3d} ppl {row['fitness_ppl']:10.2f}  kl {row['mean_kl']:.4f}  test {row['test_ppl']:10.2f}  "
               f"{expression}", flush=True)
-    ppl = np.array([r["fitness_ppl"] for r in rows])
-    kl = np.array([r["mean_kl"] for r in rows])
-    test = np.array([r["test_ppl"] for r in rows])
-    better = test <= np.median(test)
-    print(f"\nrun {run}: {len(rows)} candidates; fitness on {args.fitness_windows} fitness windows of "
-          f"{cfg.fitness_seqlen} tokens; test on {args.test_windows} WikiText-2 test windows of {cfg.test_seqlen}")
-    print("| fitness | Spearman ρ vs test perplexity, all | better half by test | seconds per evaluation |")
-    print("|---|---|---|---|")
-    print(f"| perplexity | {spearman(ppl, test)} | {spearman(ppl[better], test[better])} | "
-          f"{np.mean([r['seconds_nll'] for r in rows]):.2f} |")
-    print(f"| KL | {spearman(kl, test)} | {spearman(kl[better], test[better])} | "
-          f"{np.mean([r['seconds_kl'] for r in rows]):.2f} |")
-
+    print(f"\nrun {run}: fitness on {args.fitness_windows} fitness windows of {cfg.fitness_seqlen} tokens; "
+          f"test on {args.test_windows} WikiText-2 test windows of {cfg.test_seqlen}")
+    table(rows)
 
 if __name__ == "__main__":
     main()
