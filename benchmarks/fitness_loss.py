@@ -113,5 +113,6 @@ def main() -> None:
           f"test on {args.test_windows} WikiText-2 test windows of {cfg.test_seqlen}")
     table(rows)
 
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Post-pruning quality of every baseline and of discovered metrics, one table per sparsity pattern.
 
     METRIC_SEARCH_DATA=../shared/data .venv/bin/python benchmarks/quality.py [--structures unstructured,2:4] \
-        [--metric "seeded=runs/pz-50-seeded:best" ...] [--windows 128] [--seqlen 512] [--no-reference]
+        [--device cuda] [--metric "seeded=runs/pz-50-seeded:best" ...] [--windows 128] [--seqlen 512] [--no-reference]
 
 Every row prunes SmolLM2 (``--model``) from the same dense weights with the same calibration (the default
 preset: 16 × 512 tokens of WikiText-2 valid, seed 0) and is measured on the same first ``--windows``
@@ -42,6 +42,8 @@ def methods(metrics: list[str], reference: bool) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the device's)")
     parser.add_argument("--structures", default="unstructured,2:4")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--metric", action="append", default=[], help="LABEL=REF; LABEL ending in +owl uses OWL")
@@ -50,7 +52,9 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true", help="score methods block by block")
     parser.add_argument("--no-reference", action="store_true", help="skip SparseGPT and Wanda++")
     args = parser.parse_args()
-    model, tokenizer = load_model(args.model)
+    if args.windows < 2:
+        parser.error("--windows must be ≥ 2 (the paired difference needs a standard error)")
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     dense = {name: linear.weight.detach().clone() for name, linear in prunable_linears(model).items()}
     cal, spec = calibration_windows(tokenizer, "wikitext2", 16, 512, 0)
     calibration = Calibration(cal, spec.describe())

@@ -121,5 +121,6 @@ def main() -> None:
             gaps.append("-" if name == reference else f"{mean:+.4f} ± {se:.4f}")
         print(f"| {name} | {fitness[name]:.2f} | {math.exp(nll.mean().item()):.2f} | {gaps[0]} | {gaps[1]} |")
 
+
 if __name__ == "__main__":
     main()
