@@ -1,7 +1,8 @@
 """Post-pruning quality of every baseline and of discovered metrics, one table per sparsity pattern.
 
     METRIC_SEARCH_DATA=../shared/data .venv/bin/python benchmarks/quality.py [--structures unstructured,2:4] \
-        [--device cuda] [--metric "seeded=runs/pz-50-seeded:best" ...] [--windows 128] [--seqlen 512] [--no-reference]
+        [--device cuda] [--metric "seeded=runs/pz-50-seeded:best" ...] [--windows 128] [--seqlen 512] \
+        [--baselines wanda,gblm,pruner-zero,ria] [--no-reference]
 
 Every row prunes SmolLM2 (``--model``) from the same dense weights with the same calibration (the default
 preset: 16 × 512 tokens of WikiText-2 valid, seed 0) and is measured on the same first ``--windows``
@@ -10,7 +11,9 @@ windows of WikiText-2 **test** (Wanda's protocol). Score methods prune one-shot,
 reference. ``--metric LABEL=REF`` adds a discovered metric (any ``prune --metric`` reference); a label
 ending in ``+owl`` prunes with OWL's layer-wise allocation. The last column is the paired per-window NLL
 difference against the best mask-only baseline (the best of Wanda, GBLM, Pruner-Zero and RIA on this
-table, chosen after the fact, which favours the baselines), with its standard error.
+table, chosen after the fact, which favours the baselines; dense when none is listed), with its standard error.
+``--baselines`` picks the baseline rows (default: all); the rows are deterministic on one device, so a
+partial table can be merged with an earlier full one.
 """
 from __future__ import annotations
 
@@ -26,16 +29,22 @@ from evaluators.perplexity import window_nlls
 from metric_search.results.metrics import load_metric
 
 MASK_ONLY = ("wanda", "gblm (l2)", "pruner-zero", "ria")
+BASELINES = {  # --baselines key: (table label, pruner factory)
+    "magnitude": ("magnitude", Magnitude), "wanda": ("wanda", Wanda), "gblm": ("gblm (l2)", GBLM),
+    "pruner-zero": ("pruner-zero", PrunerZero), "ria": ("ria", lambda: get_pruner("ria")),
+    "wanda+owl": ("wanda+owl", Wanda), "ria+owl": ("ria+owl", lambda: get_pruner("ria")),
+    "sparsegpt": ("sparsegpt (updates weights)", SparseGPT), "wanda++": ("wanda++ (updates weights)", wanda_plus_plus),
+}
 
 
-def methods(metrics: list[str], reference: bool) -> dict[str, object]:
-    rows = {"magnitude": Magnitude(), "wanda": Wanda(), "gblm (l2)": GBLM(), "pruner-zero": PrunerZero(),
-            "ria": get_pruner("ria"), "wanda+owl": Wanda(), "ria+owl": get_pruner("ria")}
+def methods(baselines: list[str], metrics: list[str]) -> dict[str, object]:
+    rows = {}
+    for key in baselines:
+        label, make = BASELINES[key]
+        rows[label] = make()
     for item in metrics:
         label, _, ref = item.partition("=")
         rows[label] = load_metric(ref)
-    if reference:
-        rows.update({"sparsegpt (updates weights)": SparseGPT(), "wanda++ (updates weights)": wanda_plus_plus()})
     return rows
 
 
@@ -50,10 +59,18 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--sequential", action="store_true", help="score methods block by block")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help=f"comma list of baseline rows (default: all of {', '.join(BASELINES)})")
     parser.add_argument("--no-reference", action="store_true", help="skip SparseGPT and Wanda++")
     args = parser.parse_args()
     if args.windows < 2:
         parser.error("--windows must be ≥ 2 (the paired difference needs a standard error)")
+    baselines = [key.strip() for key in args.baselines.split(",") if key.strip()]
+    unknown = [key for key in baselines if key not in BASELINES]
+    if unknown:
+        parser.error(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if args.no_reference:
+        baselines = [key for key in baselines if key not in ("sparsegpt", "wanda++")]
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     dense = {name: linear.weight.detach().clone() for name, linear in prunable_linears(model).items()}
     cal, spec = calibration_windows(tokenizer, "wikitext2", 16, 512, 0)
@@ -65,7 +82,7 @@ def main() -> None:
     for structure_text in args.structures.split(","):
         structure = parse_structure(structure_text)
         results = {"dense": nll["dense"]}
-        for label, pruner in methods(args.metric, not args.no_reference).items():
+        for label, pruner in methods(baselines, args.metric).items():
             owl = label.endswith("+owl")
             if owl and not structure.unstructured:
                 continue
@@ -79,7 +96,8 @@ def main() -> None:
             results[label] = window_nlls(model, test)
             print(f"{structure_text} {label}: {math.exp(results[label].mean().item()):.2f} "
                   f"(sparsity {report.overall_sparsity:.4f}, {time.perf_counter() - t0:.0f} s)", flush=True)
-        best = min((k for k in MASK_ONLY if k in results), key=lambda k: results[k].mean().item())
+        mask_only = [k for k in MASK_ONLY if k in results]
+        best = min(mask_only or ["dense"], key=lambda k: results[k].mean().item())
         print(f"\n### {structure_text} at sparsity {args.sparsity if structure.unstructured else structure.sparsity}\n")
         print(f"| method | test perplexity | Δ NLL vs {best} (paired, ± s.e.) |\n|---|---|---|")
         for label, values in results.items():
