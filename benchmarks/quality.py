@@ -21,27 +21,22 @@ import argparse
 import math
 import time
 
-from evaluators import (Calibration, GBLM, Magnitude, PrunerZero, SparseGPT, Wanda, calibration_windows,
-                        evaluation_windows, get_pruner, load_model, parse_structure, prunable_linears,
-                        wanda_plus_plus)
+from evaluators import (Calibration, calibration_windows, evaluation_windows, get_pruner, load_model,
+                        parse_structure, prunable_linears)
 from evaluators.allocation import allocate
 from evaluators.perplexity import window_nlls
 from metric_search.results.metrics import load_metric
 
 MASK_ONLY = ("wanda", "gblm (l2)", "pruner-zero", "ria")
-BASELINES = {  # --baselines key: (table label, pruner factory)
-    "magnitude": ("magnitude", Magnitude), "wanda": ("wanda", Wanda), "gblm": ("gblm (l2)", GBLM),
-    "pruner-zero": ("pruner-zero", PrunerZero), "ria": ("ria", lambda: get_pruner("ria")),
-    "wanda+owl": ("wanda+owl", Wanda), "ria+owl": ("ria+owl", lambda: get_pruner("ria")),
-    "sparsegpt": ("sparsegpt (updates weights)", SparseGPT), "wanda++": ("wanda++ (updates weights)", wanda_plus_plus),
+BASELINES = {  # --baselines key (a method name, +owl for OWL's allocation): table label
+    "magnitude": "magnitude", "wanda": "wanda", "gblm": "gblm (l2)", "pruner-zero": "pruner-zero", "ria": "ria",
+    "wanda+owl": "wanda+owl", "ria+owl": "ria+owl",
+    "sparsegpt": "sparsegpt (updates weights)", "wanda++": "wanda++ (updates weights)",
 }
 
 
 def methods(baselines: list[str], metrics: list[str]) -> dict[str, object]:
-    rows = {}
-    for key in baselines:
-        label, make = BASELINES[key]
-        rows[label] = make()
+    rows = {BASELINES[key]: get_pruner(key.removesuffix("+owl")) for key in baselines}
     for item in metrics:
         label, _, ref = item.partition("=")
         rows[label] = load_metric(ref)
